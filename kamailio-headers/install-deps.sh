@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs, as root on Debian bookworm, everything the build and the tests need:
+# Debian's Kamailio 5.6.3 with the pua consumers and SQLite, the presence server
+# modules, SIPp, libclang for bindgen, libxml2 headers and dpkg-dev for
+# `apt-get source`. Idempotent: packages already present are skipped by apt.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(kamailio kamailio-presence-modules kamailio-sqlite-modules
+      kamailio-xml-modules kamailio-extra-modules kamailio-xmpp-modules
+      kamailio-utils-modules sqlite3 libclang-dev clang libxml2-dev
+      dpkg-dev pkg-config procps)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# Debian starts a kamailio service on install; our tests run their own.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop kamailio 2>/dev/null || true; fi
+pkill -x kamailio 2>/dev/null || true
