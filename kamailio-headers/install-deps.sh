@@ -8,7 +8,7 @@ export DEBIAN_FRONTEND=noninteractive
 pkgs=(kamailio kamailio-presence-modules kamailio-sqlite-modules
       kamailio-xml-modules kamailio-extra-modules kamailio-xmpp-modules
       kamailio-utils-modules sqlite3 libclang-dev clang libxml2-dev
-      dpkg-dev pkg-config procps)
+      dpkg-dev pkg-config procps python3 make)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
