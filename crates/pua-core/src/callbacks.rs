@@ -1,0 +1,177 @@
+//! Callbacks registered by consumers with `register_puacb`: kept in shared
+//! memory (registration happens in consumers' mod_init, before the fork, but
+//! a list in shm is right whenever it happens), run for every reply whose
+//! record's source flag matches the callback's types.
+
+use crate::flags::ALL_SOURCE_FLAGS;
+use crate::lock::FutexLock;
+use crate::shm;
+use crate::sys::{pua_callback, pua_cb, sip_msg, ua_pres_t};
+use std::os::raw::c_void;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+#[repr(C)]
+struct ListHead {
+    lock: FutexLock,
+    next_id: i32,
+    first: *mut pua_callback,
+}
+
+static HEAD: AtomicPtr<ListHead> = AtomicPtr::new(ptr::null_mut());
+
+/// Why a registration was refused (the C module returns E_BUG / E_OUT_OF_MEM).
+#[derive(Debug, PartialEq, Eq)]
+pub enum RegisterError {
+    BadTypes,
+    NullFunction,
+    OutOfMemory,
+}
+
+fn head() -> Option<&'static ListHead> {
+    let mut h = HEAD.load(Ordering::Acquire);
+    if h.is_null() {
+        let p = shm::alloc_struct::<ListHead>()?;
+        // SAFETY: fresh zeroed shm, unpublished.
+        unsafe { FutexLock::init(ptr::addr_of_mut!((*p).lock)) };
+        h = match HEAD.compare_exchange(ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => p,
+            Err(existing) => {
+                // SAFETY: never published.
+                unsafe { shm::free(p) };
+                existing
+            }
+        };
+    }
+    // SAFETY: lives in shm until `destroy`.
+    Some(unsafe { &*h })
+}
+
+/// Registers `f` for records whose `flag` has any bit of `types`.
+/// Accepts every source flag of hash.h (the C module refuses types above
+/// 1<<9 although flags go up to 1<<15).
+pub fn register(types: i32, f: pua_cb, param: *mut c_void) -> Result<(), RegisterError> {
+    if !(0..=ALL_SOURCE_FLAGS).contains(&types) {
+        crate::lm_crit!("register_puacb: invalid callback types: mask={}", types);
+        return Err(RegisterError::BadTypes);
+    }
+    if f.is_none() {
+        crate::lm_crit!("register_puacb: null callback function");
+        return Err(RegisterError::NullFunction);
+    }
+    let head = head().ok_or(RegisterError::OutOfMemory)?;
+    let cb = shm::alloc_struct::<pua_callback>().ok_or(RegisterError::OutOfMemory)?;
+    let _g = head.lock.lock();
+    let h = head as *const ListHead as *mut ListHead;
+    // SAFETY: `cb` is fresh shm; the list is changed only under the lock.
+    unsafe {
+        (*h).next_id += 1;
+        (*cb).id = (*h).next_id;
+        (*cb).types = types;
+        (*cb).callback = f;
+        (*cb).param = param;
+        (*cb).next = (*h).first;
+        (*h).first = cb;
+    }
+    Ok(())
+}
+
+/// Runs every callback registered for `hentity.flag`, in registration order
+/// reversed (newest first, as C), exactly once each. Returns how many ran.
+///
+/// # Safety
+/// `hentity` must be a valid record; `msg` a reply (or tm's FAKED_REPLY).
+pub unsafe fn run(hentity: *mut ua_pres_t, msg: *mut sip_msg) -> usize {
+    let Some(head) = head() else { return 0 };
+    // Collect under the lock, call without it: a callback may register or
+    // call back into pua.
+    let mut todo = Vec::new();
+    {
+        let _g = head.lock.lock();
+        let mut p = head.first;
+        while !p.is_null() {
+            if (*p).types & (*hentity).flag != 0 {
+                todo.push((*p).callback);
+            }
+            p = (*p).next;
+        }
+    }
+    let mut n = 0;
+    for f in todo.into_iter().flatten() {
+        f(hentity, msg);
+        n += 1;
+    }
+    n
+}
+
+/// Number of registered callbacks (diagnostics).
+pub fn count() -> usize {
+    let Some(head) = head() else { return 0 };
+    let _g = head.lock.lock();
+    let mut n = 0;
+    let mut p = head.first;
+    while !p.is_null() {
+        n += 1;
+        // SAFETY: list nodes are valid.
+        p = unsafe { (*p).next };
+    }
+    n
+}
+
+/// Frees the list at module destroy.
+pub fn destroy() {
+    let h = HEAD.swap(ptr::null_mut(), Ordering::AcqRel);
+    if h.is_null() {
+        return;
+    }
+    // SAFETY: nobody else uses the list at destroy time.
+    unsafe {
+        let mut p = (*h).first;
+        while !p.is_null() {
+            let next = (*p).next;
+            shm::free(p);
+            p = next;
+        }
+        shm::free(h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flags::*;
+    use crate::testing::global_arena;
+    use std::sync::atomic::AtomicUsize;
+
+    static CALLS_A: AtomicUsize = AtomicUsize::new(0);
+    static CALLS_B: AtomicUsize = AtomicUsize::new(0);
+    unsafe extern "C" fn cb_a(_: *mut ua_pres_t, _: *mut sip_msg) -> i32 {
+        CALLS_A.fetch_add(1, Ordering::SeqCst);
+        0
+    }
+    unsafe extern "C" fn cb_b(_: *mut ua_pres_t, _: *mut sip_msg) -> i32 {
+        CALLS_B.fetch_add(1, Ordering::SeqCst);
+        0
+    }
+
+    #[test]
+    fn runs_matching_callbacks_once() {
+        global_arena();
+        register(XCAPDIFF_SUBSCRIBE | RPC_PUBLISH, Some(cb_a), ptr::null_mut()).unwrap();
+        register(XCAPDIFF_PUBLISH, Some(cb_b), ptr::null_mut()).unwrap();
+        assert_eq!(register(1 << 16, Some(cb_a), ptr::null_mut()), Err(RegisterError::BadTypes));
+        assert_eq!(register(-1, Some(cb_a), ptr::null_mut()), Err(RegisterError::BadTypes));
+        assert_eq!(register(UL_PUBLISH, None, ptr::null_mut()), Err(RegisterError::NullFunction));
+        let mut rec = ua_pres_t { flag: XCAPDIFF_SUBSCRIBE, ..Default::default() };
+        // SAFETY: a valid record on the stack, no message.
+        let n = unsafe { run(&mut rec, ptr::null_mut()) };
+        assert_eq!(n, 1);
+        assert_eq!(CALLS_A.load(Ordering::SeqCst), 1);
+        assert_eq!(CALLS_B.load(Ordering::SeqCst), 0);
+        rec.flag = XCAPDIFF_PUBLISH;
+        // SAFETY: as above.
+        unsafe { run(&mut rec, ptr::null_mut()) };
+        assert_eq!(CALLS_B.load(Ordering::SeqCst), 1);
+        assert!(count() >= 2);
+    }
+}

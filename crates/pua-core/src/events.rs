@@ -1,0 +1,246 @@
+//! The event list (`pua_event_t`), in shared memory so that events added by
+//! any process are seen by all. Each event is one shm block: the struct, then
+//! its name and content type, as consumers expect `pua_event_t` to look.
+
+use crate::flags::*;
+use crate::lock::FutexLock;
+use crate::shm::{self, str_bytes, BlockBuilder};
+use crate::sys::{evs_process_body_t, pua_event_t};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+/// Which body processor a built-in event uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Processor {
+    None,
+    Presence,
+    /// dialog-info passed through unchanged.
+    Dialog,
+    /// dialog-info with the version attribute set from the record's counter.
+    DialogVersioned,
+    Bla,
+    Mwi,
+    /// reginfo with the version attribute set from the record's counter.
+    ReginfoVersioned,
+}
+
+/// One built-in event: (flag, name, default content type, processor).
+pub type Builtin = (i32, &'static str, Option<&'static str>, Processor);
+
+/// The events the module registers at start-up, as the 5.6.3 C module does,
+/// except that `reg` follows `reginfo_increase_version` (upstream GH #3234).
+pub fn builtin_events(dlginfo_increase_version: bool, reginfo_increase_version: bool) -> Vec<Builtin> {
+    vec![
+        (PRESENCE_EVENT, "presence", Some("application/pidf+xml"), Processor::Presence),
+        (
+            DIALOG_EVENT,
+            "dialog",
+            Some("application/dialog-info+xml"),
+            if dlginfo_increase_version { Processor::DialogVersioned } else { Processor::Dialog },
+        ),
+        (BLA_EVENT, "dialog;sla", Some("application/dialog-info+xml"), Processor::Bla),
+        (MSGSUM_EVENT, "message-summary", Some("application/simple-message-summary"), Processor::Mwi),
+        (PWINFO_EVENT, "presence.winfo", None, Processor::None),
+        (
+            REGINFO_EVENT,
+            "reg",
+            Some("application/reginfo+xml"),
+            if reginfo_increase_version { Processor::ReginfoVersioned } else { Processor::Dialog },
+        ),
+        (XCAPDIFF_EVENT, "xcap-diff", Some("application/xcap-diff+xml"), Processor::None),
+    ]
+}
+
+#[repr(C)]
+struct ListHead {
+    lock: FutexLock,
+    first: *mut pua_event_t,
+}
+
+static HEAD: AtomicPtr<ListHead> = AtomicPtr::new(ptr::null_mut());
+
+fn head() -> Option<&'static ListHead> {
+    let mut h = HEAD.load(Ordering::Acquire);
+    if h.is_null() {
+        // First use: normally mod_init, before the fork.
+        let p = shm::alloc_struct::<ListHead>()?;
+        // SAFETY: fresh zeroed shm; nobody else sees it before the store.
+        unsafe { FutexLock::init(ptr::addr_of_mut!((*p).lock)) };
+        h = match HEAD.compare_exchange(ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => p,
+            Err(existing) => {
+                // SAFETY: `p` was never published.
+                unsafe { shm::free(p) };
+                existing
+            }
+        };
+    }
+    // SAFETY: the head lives in shm until `destroy`.
+    Some(unsafe { &*h })
+}
+
+/// Adds an event; an event of the same name already present is kept (Ok(false)).
+pub fn add(
+    ev_flag: i32,
+    name: &[u8],
+    content_type: Option<&[u8]>,
+    process_body: evs_process_body_t,
+) -> Result<bool, ()> {
+    if name.is_empty() {
+        crate::lm_err!("add_event: empty event name");
+        return Err(());
+    }
+    let head = head().ok_or(())?;
+    let _g = head.lock.lock();
+    if find_locked(head, |e| e.name_bytes() == name).is_some() {
+        crate::lm_dbg!("event {} already exists", String::from_utf8_lossy(name));
+        return Ok(false);
+    }
+    let mut b = BlockBuilder::new(std::mem::size_of::<pua_event_t>());
+    let name_off = b.reserve_bytes(name.len());
+    let ct_off = content_type.map(|c| b.reserve_bytes(c.len()));
+    let base = shm::alloc_zeroed(b.size()).ok_or(())?;
+    let ev = base as *mut pua_event_t;
+    // SAFETY: `base` has room for the struct and both strings (BlockBuilder);
+    // the list is only changed under the head lock.
+    unsafe {
+        (*ev).ev_flag = ev_flag;
+        (*ev).name = shm::write_bytes_at(base, name_off, name);
+        if let (Some(off), Some(ct)) = (ct_off, content_type) {
+            (*ev).content_type = shm::write_bytes_at(base, off, ct);
+        }
+        (*ev).process_body = process_body;
+        (*ev).next = head.first;
+        let h = head as *const ListHead as *mut ListHead;
+        (*h).first = ev;
+    }
+    Ok(true)
+}
+
+/// A read-only view of an event in the list.
+#[derive(Clone, Copy)]
+pub struct Event(*mut pua_event_t);
+
+impl Event {
+    pub fn as_ptr(&self) -> *mut pua_event_t {
+        self.0
+    }
+    fn get(&self) -> &pua_event_t {
+        // SAFETY: events are never freed before module destroy.
+        unsafe { &*self.0 }
+    }
+    pub fn flag(&self) -> i32 {
+        self.get().ev_flag
+    }
+    pub fn name_bytes(&self) -> &[u8] {
+        // SAFETY: name was written by `add` (or by C code of the same layout).
+        unsafe { str_bytes(&self.get().name) }
+    }
+    pub fn content_type(&self) -> &[u8] {
+        // SAFETY: as above.
+        unsafe { str_bytes(&self.get().content_type) }
+    }
+    pub fn process_body(&self) -> evs_process_body_t {
+        self.get().process_body
+    }
+}
+
+fn find_locked(head: &ListHead, pred: impl Fn(&Event) -> bool) -> Option<Event> {
+    let mut p = head.first;
+    while !p.is_null() {
+        let e = Event(p);
+        if pred(&e) {
+            return Some(e);
+        }
+        // SAFETY: list nodes are valid shm events.
+        p = unsafe { (*p).next };
+    }
+    None
+}
+
+fn find(pred: impl Fn(&Event) -> bool) -> Option<Event> {
+    let head = head()?;
+    let _g = head.lock.lock();
+    find_locked(head, pred)
+}
+
+/// The event with this name (`contains_pua_event`).
+pub fn by_name(name: &[u8]) -> Option<Event> {
+    find(|e| e.name_bytes() == name)
+}
+
+/// The event with this flag (`get_event`).
+pub fn by_flag(flag: i32) -> Option<Event> {
+    find(|e| e.flag() == flag)
+}
+
+/// All events, newest first (as the C list).
+pub fn all() -> Vec<Event> {
+    let mut v = Vec::new();
+    if let Some(head) = head() {
+        let _g = head.lock.lock();
+        let mut p = head.first;
+        while !p.is_null() {
+            v.push(Event(p));
+            // SAFETY: list nodes are valid shm events.
+            p = unsafe { (*p).next };
+        }
+    }
+    v
+}
+
+/// Frees the list (module destroy, one process, after the workers are gone).
+pub fn destroy() {
+    let h = HEAD.swap(ptr::null_mut(), Ordering::AcqRel);
+    if h.is_null() {
+        return;
+    }
+    // SAFETY: no other process uses the list any more at destroy time.
+    unsafe {
+        let mut p = (*h).first;
+        while !p.is_null() {
+            let next = (*p).next;
+            shm::free(p);
+            p = next;
+        }
+        shm::free(h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{fork_child, global_arena};
+
+    #[test]
+    fn builtins_match_the_c_module() {
+        let ev = builtin_events(false, false);
+        let names: Vec<_> = ev.iter().map(|e| e.1).collect();
+        assert_eq!(
+            names,
+            ["presence", "dialog", "dialog;sla", "message-summary", "presence.winfo", "reg", "xcap-diff"]
+        );
+        assert_eq!(ev[5].3, Processor::Dialog);
+        let ev = builtin_events(false, true);
+        assert_eq!(ev[5].3, Processor::ReginfoVersioned);
+        assert_eq!(ev[1].3, Processor::Dialog);
+        assert_eq!(builtin_events(true, false)[1].3, Processor::DialogVersioned);
+    }
+
+    #[test]
+    fn add_find_and_share_across_fork() {
+        global_arena();
+        assert_eq!(add(1 << 20, b"test-ev", Some(b"text/x-test"), None), Ok(true));
+        assert_eq!(add(1 << 20, b"test-ev", Some(b"other"), None), Ok(false));
+        let e = by_name(b"test-ev").unwrap();
+        assert_eq!(e.content_type(), b"text/x-test");
+        assert_eq!(by_flag(1 << 20).unwrap().name_bytes(), b"test-ev");
+        // An event added in a child process is seen by the parent.
+        let c = fork_child(|| if add(1 << 21, b"from-child", None, None) == Ok(true) { 0 } else { 1 });
+        assert_eq!(c.wait(), 0);
+        let e = by_name(b"from-child").expect("event added by the child");
+        assert_eq!(e.flag(), 1 << 21);
+        assert!(e.content_type().is_empty());
+        assert!(add(1, b"", None, None).is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! The shared-memory allocator seam. In Kamailio it is `shm_malloc`/`shm_free`
+//! (installed by the `pua` crate before the fork); in tests it is a
+//! `MAP_SHARED` arena (see `testing`), so fork tests exercise the same code.
+//!
+//! Everything another process reads, or a C consumer may `shm_free`, must come
+//! from here. Never put Box, Vec or String in shared memory.
+
+use crate::sys::str_;
+use std::os::raw::c_char;
+use std::ptr;
+use std::sync::OnceLock;
+
+/// An allocator whose memory is visible to every Kamailio process.
+pub trait ShmAllocator: Sync {
+    /// Allocates `size` bytes aligned to 8, or returns null.
+    fn alloc(&self, size: usize) -> *mut u8;
+    /// Frees what `alloc` returned; null is ignored.
+    ///
+    /// # Safety
+    /// `p` must come from `alloc` of this allocator and not be freed twice.
+    unsafe fn free(&self, p: *mut u8);
+}
+
+static ALLOC: OnceLock<&'static dyn ShmAllocator> = OnceLock::new();
+
+/// Installs the allocator once per server (before the fork); later calls are ignored.
+pub fn set_allocator(a: &'static dyn ShmAllocator) {
+    let _ = ALLOC.set(a);
+}
+
+fn allocator() -> &'static dyn ShmAllocator {
+    *ALLOC.get().expect("shared-memory allocator not installed")
+}
+
+/// Allocates `size` zeroed bytes of shared memory; `None` when it is exhausted.
+pub fn alloc_zeroed(size: usize) -> Option<*mut u8> {
+    let p = allocator().alloc(size.max(1));
+    if p.is_null() {
+        crate::lm_err!("out of shared memory ({} bytes)", size);
+        return None;
+    }
+    // SAFETY: `p` is a fresh allocation of at least `size` bytes.
+    unsafe { ptr::write_bytes(p, 0, size) };
+    Some(p)
+}
+
+/// Allocates a zeroed `T` in shared memory.
+pub fn alloc_struct<T>() -> Option<*mut T> {
+    debug_assert!(std::mem::align_of::<T>() <= 8);
+    alloc_zeroed(std::mem::size_of::<T>()).map(|p| p.cast())
+}
+
+/// Frees shared memory from [`alloc_zeroed`] / [`alloc_struct`] (null is fine).
+///
+/// # Safety
+/// `p` must come from this module's allocator and must not be used afterwards.
+pub unsafe fn free<T>(p: *mut T) {
+    if !p.is_null() {
+        allocator().free(p.cast());
+    }
+}
+
+/// The bytes of a Kamailio `str` (empty for a null pointer or negative length).
+///
+/// # Safety
+/// `s.s` must point at `s.len` readable bytes when non-null.
+pub unsafe fn str_bytes<'a>(s: &str_) -> &'a [u8] {
+    if s.s.is_null() || s.len <= 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(s.s as *const u8, s.len as usize)
+    }
+}
+
+/// The bytes behind an optional `str*`.
+///
+/// # Safety
+/// As [`str_bytes`], and `p` null or valid.
+pub unsafe fn str_ptr_bytes<'a>(p: *const str_) -> &'a [u8] {
+    if p.is_null() {
+        &[]
+    } else {
+        str_bytes(&*p)
+    }
+}
+
+/// A `str` pointing at `bytes` (no copy): for handing borrowed data to C.
+pub fn borrowed_str(bytes: &[u8]) -> str_ {
+    str_ { s: bytes.as_ptr() as *mut c_char, len: bytes.len() as i32 }
+}
+
+/// Lays out several strings after a header in one shared-memory block, so a
+/// record costs one allocation instead of one per field.
+pub struct BlockBuilder {
+    total: usize,
+}
+
+impl BlockBuilder {
+    /// Starts a block whose first `header` bytes hold a struct.
+    pub fn new(header: usize) -> Self {
+        BlockBuilder { total: (header + 7) & !7 }
+    }
+    /// Reserves room for a `str` header plus its bytes; returns its offset.
+    pub fn reserve_str(&mut self, len: usize) -> usize {
+        let off = self.total;
+        self.total += (std::mem::size_of::<str_>() + len + 1 + 7) & !7;
+        off
+    }
+    /// Reserves room for `len` bytes (NUL-terminated); returns their offset.
+    pub fn reserve_bytes(&mut self, len: usize) -> usize {
+        let off = self.total;
+        self.total += (len + 1 + 7) & !7;
+        off
+    }
+    /// Total size of the block.
+    pub fn size(&self) -> usize {
+        self.total
+    }
+}
+
+/// Writes `bytes` at `base + off` (NUL-terminated) and returns a `str` to them.
+///
+/// # Safety
+/// `base + off` must have room for `bytes.len() + 1` bytes (see [`BlockBuilder`]).
+pub unsafe fn write_bytes_at(base: *mut u8, off: usize, bytes: &[u8]) -> str_ {
+    let dst = base.add(off);
+    ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+    *dst.add(bytes.len()) = 0;
+    str_ { s: dst as *mut c_char, len: bytes.len() as i32 }
+}
+
+/// Writes a `str` header followed by `bytes` at `base + off`; returns a `str*`.
+///
+/// # Safety
+/// As [`write_bytes_at`], with room for the header too (see [`BlockBuilder::reserve_str`]).
+pub unsafe fn write_str_at(base: *mut u8, off: usize, bytes: &[u8]) -> *mut str_ {
+    let hdr = base.add(off) as *mut str_;
+    let data_off = off + std::mem::size_of::<str_>();
+    hdr.write(write_bytes_at(base, data_off, bytes));
+    hdr
+}

@@ -1,0 +1,570 @@
+//! The record table: 2^hash_size buckets in shared memory, each a singly
+//! linked list of `ua_pres_t` records guarded by its own cross-process
+//! [`FutexLock`]. Created in mod_init before the fork; every worker, the
+//! timer process and the RPC process reach it through the same pointers.
+//!
+//! A record is one shm block: the `ua_pres_t` followed by all its strings
+//! (one allocation per record instead of one per field). A record is only
+//! read or changed under its bucket's lock; changing a string field means
+//! building a new block and [`BucketRef::replace`]-ing the old one.
+
+use crate::hash::bucket_of;
+use crate::lock::{FutexLock, LockGuard};
+use crate::shm::{self, str_bytes, str_ptr_bytes, BlockBuilder};
+use crate::sys::{str_, ua_pres_t};
+use std::os::raw::c_void;
+use std::ptr;
+
+#[repr(C)]
+struct Bucket {
+    lock: FutexLock,
+    first: *mut ua_pres_t,
+}
+
+/// A handle to the table; plain pointers into shm, valid in every process.
+#[derive(Clone, Copy)]
+pub struct Table {
+    buckets: *mut Bucket,
+    n: usize,
+}
+
+// SAFETY: the handle is only pointers into shm; all access is under bucket locks.
+unsafe impl Send for Table {}
+// SAFETY: as above.
+unsafe impl Sync for Table {}
+
+/// The owned values of a record, used to build its shm block.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordData {
+    pub id: Vec<u8>,
+    pub pres_uri: Vec<u8>,
+    pub event: i32,
+    pub expires: u32,
+    pub desired_expires: u32,
+    pub flag: i32,
+    pub db_flag: i32,
+    pub cb_param: usize,
+    pub ua_flag: i32,
+    pub outbound_proxy: Option<Vec<u8>>,
+    pub etag: Vec<u8>,
+    pub tuple_id: Vec<u8>,
+    pub body: Option<Vec<u8>>,
+    pub content_type: Vec<u8>,
+    pub watcher_uri: Option<Vec<u8>>,
+    pub call_id: Vec<u8>,
+    pub to_tag: Vec<u8>,
+    pub from_tag: Vec<u8>,
+    pub cseq: i32,
+    pub version: i32,
+    pub extra_headers: Option<Vec<u8>>,
+    pub record_route: Vec<u8>,
+    pub remote_contact: Vec<u8>,
+    pub contact: Vec<u8>,
+}
+
+fn opt(p: *const str_) -> Option<Vec<u8>> {
+    // SAFETY: callers pass records whose str pointers are null or valid.
+    (!p.is_null()).then(|| unsafe { str_ptr_bytes(p) }.to_vec())
+}
+
+impl RecordData {
+    /// Copies the values out of a record (a table record or a consumer's
+    /// stack `ua_pres_t`).
+    ///
+    /// # Safety
+    /// Every `str`/`str*` of `r` must be null or point at valid bytes.
+    pub unsafe fn from_record(r: &ua_pres_t) -> RecordData {
+        RecordData {
+            id: str_bytes(&r.id).to_vec(),
+            pres_uri: str_ptr_bytes(r.pres_uri).to_vec(),
+            event: r.event,
+            expires: r.expires,
+            desired_expires: r.desired_expires,
+            flag: r.flag,
+            db_flag: r.db_flag,
+            cb_param: r.cb_param as usize,
+            ua_flag: r.ua_flag,
+            outbound_proxy: opt(r.outbound_proxy),
+            etag: str_bytes(&r.etag).to_vec(),
+            tuple_id: str_bytes(&r.tuple_id).to_vec(),
+            body: opt(r.body),
+            content_type: str_bytes(&r.content_type).to_vec(),
+            watcher_uri: opt(r.watcher_uri),
+            call_id: str_bytes(&r.call_id).to_vec(),
+            to_tag: str_bytes(&r.to_tag).to_vec(),
+            from_tag: str_bytes(&r.from_tag).to_vec(),
+            cseq: r.cseq,
+            version: r.version,
+            extra_headers: opt(r.extra_headers),
+            record_route: str_bytes(&r.record_route).to_vec(),
+            remote_contact: str_bytes(&r.remote_contact).to_vec(),
+            contact: str_bytes(&r.contact).to_vec(),
+        }
+    }
+
+    /// Builds the record as one shm block; `None` when shm is exhausted.
+    pub fn to_shm(&self) -> Option<*mut ua_pres_t> {
+        let mut b = BlockBuilder::new(std::mem::size_of::<ua_pres_t>());
+        let inline = [
+            &self.id, &self.etag, &self.tuple_id, &self.content_type, &self.call_id, &self.to_tag,
+            &self.from_tag, &self.record_route, &self.remote_contact, &self.contact,
+        ];
+        let inline_off: Vec<usize> = inline.iter().map(|v| b.reserve_bytes(v.len())).collect();
+        let boxed = [
+            Some(&self.pres_uri),
+            self.outbound_proxy.as_ref(),
+            self.body.as_ref(),
+            self.watcher_uri.as_ref(),
+            self.extra_headers.as_ref(),
+        ];
+        let boxed_off: Vec<Option<usize>> =
+            boxed.iter().map(|v| v.map(|v| b.reserve_str(v.len()))).collect();
+        let base = shm::alloc_zeroed(b.size())?;
+        let r = base as *mut ua_pres_t;
+        // SAFETY: `base` has room for the struct and every string (BlockBuilder).
+        unsafe {
+            let s: Vec<str_> = inline
+                .iter()
+                .zip(&inline_off)
+                .map(|(v, off)| shm::write_bytes_at(base, *off, v))
+                .collect();
+            let p: Vec<*mut str_> = boxed
+                .iter()
+                .zip(&boxed_off)
+                .map(|(v, off)| match (v, off) {
+                    (Some(v), Some(off)) => shm::write_str_at(base, *off, v),
+                    _ => ptr::null_mut(),
+                })
+                .collect();
+            r.write(ua_pres_t {
+                id: s[0],
+                pres_uri: p[0],
+                event: self.event,
+                expires: self.expires,
+                desired_expires: self.desired_expires,
+                flag: self.flag,
+                db_flag: self.db_flag,
+                cb_param: self.cb_param as *mut c_void,
+                next: ptr::null_mut(),
+                ua_flag: self.ua_flag,
+                outbound_proxy: p[1],
+                etag: s[1],
+                tuple_id: s[2],
+                body: p[2],
+                content_type: s[3],
+                watcher_uri: p[3],
+                call_id: s[4],
+                to_tag: s[5],
+                from_tag: s[6],
+                cseq: self.cseq,
+                version: self.version,
+                extra_headers: p[4],
+                record_route: s[7],
+                remote_contact: s[8],
+                contact: s[9],
+            });
+        }
+        Some(r)
+    }
+
+    /// The bucket key of this record.
+    pub fn key(&self) -> (&[u8], Option<&[u8]>) {
+        (&self.pres_uri, self.watcher_uri.as_deref().filter(|w| !w.is_empty()))
+    }
+}
+
+/// Frees a record block made by [`RecordData::to_shm`].
+///
+/// # Safety
+/// `r` must be unlinked from the table and not used afterwards.
+pub unsafe fn free_record(r: *mut ua_pres_t) {
+    shm::free(r);
+}
+
+impl Table {
+    /// Allocates `n` (a power of two) empty buckets in shm.
+    pub fn new(n: usize) -> Option<Table> {
+        assert!(n.is_power_of_two());
+        let bytes = n.checked_mul(std::mem::size_of::<Bucket>())?;
+        let buckets = shm::alloc_zeroed(bytes)? as *mut Bucket;
+        for i in 0..n {
+            // SAFETY: inside the fresh allocation.
+            unsafe { FutexLock::init(ptr::addr_of_mut!((*buckets.add(i)).lock)) };
+        }
+        Some(Table { buckets, n })
+    }
+
+    pub fn buckets(&self) -> usize {
+        self.n
+    }
+
+    /// The bucket of a presentity URI (+ watcher URI for subscriptions).
+    pub fn bucket_of(&self, pres_uri: &[u8], watcher_uri: Option<&[u8]>) -> usize {
+        bucket_of(pres_uri, watcher_uri.filter(|w| !w.is_empty()), self.n)
+    }
+
+    /// Locks bucket `i` and gives access to its records until dropped.
+    pub fn lock(&self, i: usize) -> BucketRef<'_> {
+        assert!(i < self.n);
+        // SAFETY: `i` is in range; buckets live as long as the table.
+        let b = unsafe { &*self.buckets.add(i) };
+        let guard = b.lock.lock();
+        BucketRef { bucket: b as *const Bucket as *mut Bucket, _guard: guard }
+    }
+
+    /// Inserts a record built from `data` into its bucket; returns it.
+    pub fn insert(&self, data: &RecordData) -> Option<*mut ua_pres_t> {
+        let r = data.to_shm()?;
+        let (p, w) = data.key();
+        self.lock(self.bucket_of(p, w)).push(r);
+        Some(r)
+    }
+
+    /// Number of records (takes every bucket lock in turn).
+    pub fn len(&self) -> usize {
+        (0..self.n).map(|i| self.lock(i).iter().count()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Frees every record and the buckets (module destroy).
+    ///
+    /// # Safety
+    /// No other process may use the table any more.
+    pub unsafe fn destroy(self) {
+        for i in 0..self.n {
+            let mut b = self.lock(i);
+            while let Some(r) = b.pop() {
+                free_record(r);
+            }
+        }
+        shm::free(self.buckets);
+    }
+}
+
+/// A locked bucket. Record pointers obtained from it are valid while it lives.
+pub struct BucketRef<'a> {
+    bucket: *mut Bucket,
+    _guard: LockGuard<'a>,
+}
+
+impl BucketRef<'_> {
+    /// The records of the bucket, newest first.
+    pub fn iter(&self) -> impl Iterator<Item = *mut ua_pres_t> + '_ {
+        // SAFETY: the bucket is locked; list nodes are valid records.
+        let mut p = unsafe { (*self.bucket).first };
+        std::iter::from_fn(move || {
+            if p.is_null() {
+                None
+            } else {
+                let r = p;
+                // SAFETY: as above.
+                p = unsafe { (*p).next };
+                Some(r)
+            }
+        })
+    }
+
+    /// The first record matching `pred`.
+    pub fn find(&self, pred: impl Fn(&ua_pres_t) -> bool) -> Option<*mut ua_pres_t> {
+        // SAFETY: records in a locked bucket are valid.
+        self.iter().find(|&r| pred(unsafe { &*r }))
+    }
+
+    /// Links a record (from [`RecordData::to_shm`]) at the head of the bucket.
+    pub fn push(&mut self, r: *mut ua_pres_t) {
+        // SAFETY: bucket locked; `r` is a valid unlinked record.
+        unsafe {
+            (*r).next = (*self.bucket).first;
+            (*self.bucket).first = r;
+        }
+    }
+
+    fn pop(&mut self) -> Option<*mut ua_pres_t> {
+        // SAFETY: bucket locked.
+        unsafe {
+            let r = (*self.bucket).first;
+            if r.is_null() {
+                return None;
+            }
+            (*self.bucket).first = (*r).next;
+            (*r).next = ptr::null_mut();
+            Some(r)
+        }
+    }
+
+    /// Unlinks `r`; returns whether it was in this bucket. The caller frees it.
+    pub fn unlink(&mut self, r: *mut ua_pres_t) -> bool {
+        // SAFETY: bucket locked; we walk the `next` links of valid records.
+        unsafe {
+            let mut link: *mut *mut ua_pres_t = ptr::addr_of_mut!((*self.bucket).first);
+            while !(*link).is_null() {
+                if *link == r {
+                    *link = (*r).next;
+                    (*r).next = ptr::null_mut();
+                    return true;
+                }
+                link = ptr::addr_of_mut!((**link).next);
+            }
+        }
+        false
+    }
+
+    /// Unlinks and frees `r`.
+    pub fn delete(&mut self, r: *mut ua_pres_t) -> bool {
+        let found = self.unlink(r);
+        if found {
+            // SAFETY: unlinked just now; the bucket lock kept others away.
+            unsafe { free_record(r) };
+        }
+        found
+    }
+
+    /// Puts `new` in place of `old` (same position) and frees `old`.
+    pub fn replace(&mut self, old: *mut ua_pres_t, new: *mut ua_pres_t) -> bool {
+        // SAFETY: bucket locked; walk as in `unlink`.
+        unsafe {
+            let mut link: *mut *mut ua_pres_t = ptr::addr_of_mut!((*self.bucket).first);
+            while !(*link).is_null() {
+                if *link == old {
+                    (*new).next = (*old).next;
+                    *link = new;
+                    free_record(old);
+                    return true;
+                }
+                link = ptr::addr_of_mut!((**link).next);
+            }
+        }
+        false
+    }
+}
+
+/// Dialog lookups as the C module's `get_dialog` / `get_temporary_dialog`:
+/// a confirmed dialog matches flag, Call-ID, To tag and From tag; a
+/// temporary one (no To tag yet) matches Call-ID and From tag.
+pub mod dialog {
+    use super::*;
+
+    /// Confirmed dialog of `q` in a locked bucket.
+    pub fn confirmed(b: &BucketRef<'_>, q: &RecordData) -> Option<*mut ua_pres_t> {
+        if q.to_tag.is_empty() {
+            return None;
+        }
+        b.find(|p| {
+            // SAFETY: records in a locked bucket are valid.
+            let (call_id, to_tag, from_tag) =
+                unsafe { (str_bytes(&p.call_id), str_bytes(&p.to_tag), str_bytes(&p.from_tag)) };
+            p.flag & q.flag != 0
+                && !to_tag.is_empty()
+                && call_id == q.call_id.as_slice()
+                && to_tag == q.to_tag.as_slice()
+                && from_tag == q.from_tag.as_slice()
+        })
+    }
+
+    /// Temporary (not yet confirmed) dialog of `q` in a locked bucket.
+    pub fn temporary(b: &BucketRef<'_>, q: &RecordData) -> Option<*mut ua_pres_t> {
+        b.find(|p| {
+            // SAFETY: records in a locked bucket are valid.
+            let (call_id, from_tag) = unsafe { (str_bytes(&p.call_id), str_bytes(&p.from_tag)) };
+            !call_id.is_empty() && call_id == q.call_id.as_slice() && from_tag == q.from_tag.as_slice()
+        })
+    }
+
+    /// `is_dialog`: 0 confirmed, 1 temporary, -1 none.
+    pub fn is_dialog(t: &Table, q: &RecordData) -> i32 {
+        let (p, w) = q.key();
+        let b = t.lock(t.bucket_of(p, w));
+        if confirmed(&b, q).is_some() {
+            0
+        } else if temporary(&b, q).is_some() {
+            1
+        } else {
+            -1
+        }
+    }
+
+    /// `get_record_id`: the id of the (confirmed or temporary) dialog.
+    pub fn record_id(t: &Table, q: &RecordData) -> Option<Vec<u8>> {
+        let (p, w) = q.key();
+        let b = t.lock(t.bucket_of(p, w));
+        let r = confirmed(&b, q).or_else(|| temporary(&b, q))?;
+        // SAFETY: valid while the bucket is locked; copied out before unlock.
+        Some(unsafe { str_bytes(&(*r).id) }.to_vec())
+    }
+
+    /// `get_subs_list`: the presentity URIs of every record whose id starts
+    /// with `did` (the C module compares `did.len` bytes), sorted, unique.
+    pub fn subs_list(t: &Table, did: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for i in 0..t.buckets() {
+            let b = t.lock(i);
+            for r in b.iter() {
+                // SAFETY: valid under the bucket lock.
+                let (id, uri) = unsafe { (str_bytes(&(*r).id), str_ptr_bytes((*r).pres_uri)) };
+                if !id.is_empty() && id.starts_with(did) && !uri.is_empty() {
+                    out.push(uri.to_vec());
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flags::*;
+    use crate::testing::{fork_child, global_arena};
+
+    fn publ(uri: &str, id: &str) -> RecordData {
+        RecordData {
+            id: id.into(),
+            pres_uri: uri.into(),
+            event: PRESENCE_EVENT,
+            flag: UL_PUBLISH,
+            etag: b"etag-1".to_vec(),
+            body: Some(b"<presence/>".to_vec()),
+            content_type: b"application/pidf+xml".to_vec(),
+            expires: 1000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn record_round_trips_through_shm() {
+        global_arena();
+        let mut d = publ("sip:alice@example.com", "UL_PUBLISH.x");
+        d.watcher_uri = Some(b"sip:bob@example.com".to_vec());
+        d.outbound_proxy = Some(b"sip:proxy".to_vec());
+        d.extra_headers = Some(vec![b'X'; 5000]);
+        d.call_id = b"cid".to_vec();
+        let r = d.to_shm().unwrap();
+        // SAFETY: a fresh valid record.
+        let back = unsafe { RecordData::from_record(&*r) };
+        assert_eq!(back, d);
+        // SAFETY: strings are NUL-terminated for C consumers that print them.
+        unsafe {
+            assert_eq!(*(*(*r).pres_uri).s.add(21), 0);
+            assert!((*r).next.is_null());
+            free_record(r);
+        }
+        // Absent optional fields stay NULL pointers, as C consumers test them.
+        let r = publ("sip:a@b", "i").to_shm().unwrap();
+        // SAFETY: valid record.
+        unsafe {
+            assert!((*r).watcher_uri.is_null() && (*r).outbound_proxy.is_null());
+            free_record(r);
+        }
+    }
+
+    #[test]
+    fn insert_find_replace_delete() {
+        let arena = global_arena();
+        let t = Table::new(16).unwrap();
+        let before = arena.live();
+        for i in 0..200 {
+            t.insert(&publ(&format!("sip:u{i}@x"), "ul")).unwrap();
+        }
+        assert_eq!(t.len(), 200);
+        let d = publ("sip:u7@x", "ul");
+        let i = t.bucket_of(&d.pres_uri, None);
+        {
+            let mut b = t.lock(i);
+            // SAFETY: valid under the lock.
+            let r = b.find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:u7@x").unwrap();
+            let mut nd = d.clone();
+            nd.etag = b"etag-2".to_vec();
+            assert!(b.replace(r, nd.to_shm().unwrap()));
+            // SAFETY: as above.
+            let r = b.find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:u7@x").unwrap();
+            // SAFETY: as above.
+            assert_eq!(unsafe { str_bytes(&(*r).etag) }, b"etag-2");
+            assert!(b.delete(r));
+            assert!(!b.unlink(r));
+        }
+        assert_eq!(t.len(), 199);
+        assert_eq!(arena.live() - before, 199);
+        // SAFETY: nobody else uses this table.
+        unsafe { t.destroy() };
+        assert_eq!(arena.live(), before - 1);
+    }
+
+    /// Records inserted by one process (a forked "worker") are seen, and can
+    /// be deleted, by another: the table lives in MAP_SHARED memory and the
+    /// buckets are guarded by cross-process locks.
+    #[test]
+    fn records_inserted_by_one_process_are_seen_by_another() {
+        global_arena();
+        let t = Table::new(64).unwrap();
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                fork_child(move || {
+                    for i in 0..250 {
+                        if t.insert(&publ(&format!("sip:w{w}u{i}@x"), "ul")).is_none() {
+                            return 1;
+                        }
+                    }
+                    0
+                })
+            })
+            .collect();
+        for w in workers {
+            assert_eq!(w.wait(), 0);
+        }
+        assert_eq!(t.len(), 1000, "records lost or duplicated across processes");
+        let d = publ("sip:w3u249@x", "ul");
+        let b = t.lock(t.bucket_of(&d.pres_uri, None));
+        // SAFETY: valid under the lock.
+        let r = b.find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:w3u249@x");
+        assert!(r.is_some(), "a record inserted by a child is missing in the parent");
+        drop(b);
+        // A child deletes; the parent sees it gone.
+        let c = fork_child(move || {
+            let mut b = t.lock(t.bucket_of(b"sip:w0u0@x", None));
+            // SAFETY: valid under the lock.
+            match b.find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:w0u0@x") {
+                Some(r) if b.delete(r) => 0,
+                _ => 1,
+            }
+        });
+        assert_eq!(c.wait(), 0);
+        assert_eq!(t.len(), 999);
+    }
+
+    #[test]
+    fn dialog_queries() {
+        global_arena();
+        let t = Table::new(8).unwrap();
+        let mut s = RecordData {
+            id: b"rls-did;1".to_vec(),
+            pres_uri: b"sip:carol@x".to_vec(),
+            watcher_uri: Some(b"sip:rls@x".to_vec()),
+            flag: RLS_SUBSCRIBE,
+            event: PRESENCE_EVENT,
+            call_id: b"c1".to_vec(),
+            from_tag: b"f1".to_vec(),
+            ..Default::default()
+        };
+        t.insert(&s).unwrap();
+        let mut q = s.clone();
+        q.to_tag = b"t1".to_vec();
+        assert_eq!(dialog::is_dialog(&t, &q), 1, "temporary dialog");
+        s.to_tag = b"t1".to_vec();
+        s.call_id = b"c2".to_vec();
+        s.pres_uri = b"sip:dave@x".to_vec();
+        t.insert(&s).unwrap();
+        let mut q2 = s.clone();
+        assert_eq!(dialog::is_dialog(&t, &q2), 0, "confirmed dialog");
+        assert_eq!(dialog::record_id(&t, &q2).unwrap(), b"rls-did;1");
+        q2.from_tag = b"other".to_vec();
+        assert_eq!(dialog::is_dialog(&t, &q2), -1);
+        assert_eq!(dialog::record_id(&t, &q2), None);
+        assert_eq!(dialog::subs_list(&t, b"rls-did"), vec![b"sip:carol@x".to_vec(), b"sip:dave@x".to_vec()]);
+        assert!(dialog::subs_list(&t, b"nope").is_empty());
+    }
+}

@@ -1,0 +1,160 @@
+//! Test support: a `MAP_SHARED` arena that stands in for Kamailio's shared
+//! memory (visible to forked children, like shm after Kamailio's fork), a
+//! fork helper, and a log capture.
+
+use crate::log::Level;
+use crate::shm::ShmAllocator;
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// Header at the start of the arena; lives in the shared mapping itself.
+#[repr(C)]
+struct ArenaHead {
+    next: AtomicUsize,
+    live: AtomicI64,
+}
+
+/// A bump allocator over an anonymous `MAP_SHARED` mapping. Frees are
+/// counted (so tests can check for leaks) but space is not reused.
+pub struct SharedArena {
+    base: *mut u8,
+    size: usize,
+}
+
+// SAFETY: all mutation goes through atomics in the shared header.
+unsafe impl Sync for SharedArena {}
+// SAFETY: the mapping is process-wide.
+unsafe impl Send for SharedArena {}
+
+impl SharedArena {
+    pub fn new(size: usize) -> Self {
+        // SAFETY: anonymous shared mapping; checked for MAP_FAILED.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED, "mmap");
+        let head = base as *mut ArenaHead;
+        // SAFETY: fresh mapping, large enough for the header.
+        unsafe {
+            head.write(ArenaHead {
+                next: AtomicUsize::new(64),
+                live: AtomicI64::new(0),
+            })
+        };
+        SharedArena { base: base as *mut u8, size }
+    }
+
+    fn head(&self) -> &ArenaHead {
+        // SAFETY: written in `new`, lives as long as the mapping.
+        unsafe { &*(self.base as *const ArenaHead) }
+    }
+
+    /// Raw allocation (8-aligned), not counted as live.
+    pub fn alloc_raw(&self, size: usize) -> *mut u8 {
+        let size = (size + 15) & !7;
+        let off = self.head().next.fetch_add(size, Ordering::SeqCst);
+        if off + size > self.size {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: inside the mapping.
+        unsafe { self.base.add(off) }
+    }
+
+    /// Allocations not yet freed.
+    pub fn live(&self) -> i64 {
+        self.head().live.load(Ordering::SeqCst)
+    }
+}
+
+impl ShmAllocator for SharedArena {
+    fn alloc(&self, size: usize) -> *mut u8 {
+        let p = self.alloc_raw(size);
+        if !p.is_null() {
+            self.head().live.fetch_add(1, Ordering::SeqCst);
+        }
+        p
+    }
+    unsafe fn free(&self, p: *mut u8) {
+        if !p.is_null() {
+            self.head().live.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The arena installed as the process's shm allocator for all tests.
+pub fn global_arena() -> &'static SharedArena {
+    static ARENA: OnceLock<&'static SharedArena> = OnceLock::new();
+    ARENA.get_or_init(|| {
+        let a: &'static SharedArena = Box::leak(Box::new(SharedArena::new(256 << 20)));
+        crate::shm::set_allocator(a);
+        a
+    })
+}
+
+/// A forked child running a closure; `wait` returns its exit status.
+pub struct Child(libc::pid_t);
+
+impl Child {
+    pub fn wait(self) -> i32 {
+        let mut status = 0;
+        // SAFETY: waiting on our own child.
+        let r = unsafe { libc::waitpid(self.0, &mut status, 0) };
+        assert_eq!(r, self.0, "waitpid");
+        if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        }
+    }
+}
+
+/// Forks; the child runs `f` and exits with its return value (never returns
+/// into the test harness). A panic in the child exits with 101.
+pub fn fork_child(f: impl FnOnce() -> i32) -> Child {
+    // SAFETY: the child only runs `f` and then `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
+        // SAFETY: leave the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    Child(pid)
+}
+
+thread_local! {
+    static CAPTURED: RefCell<Option<Vec<(Level, String)>>> = const { RefCell::new(None) };
+}
+
+fn capture_sink(level: Level, _file: &'static str, _line: u32, args: fmt::Arguments<'_>) {
+    let line = args.to_string();
+    let taken = CAPTURED.with(|c| {
+        if let Some(v) = c.borrow_mut().as_mut() {
+            v.push((level, line.clone()));
+            true
+        } else {
+            false
+        }
+    });
+    if !taken {
+        eprintln!("pua {level:?}: {line}");
+    }
+}
+
+/// Runs `f` with this thread's log lines captured; returns them with its result.
+pub fn capture_log<R>(f: impl FnOnce() -> R) -> (R, Vec<(Level, String)>) {
+    crate::log::set_sink(capture_sink, |_| true);
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let r = f();
+    let lines = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (r, lines)
+}
