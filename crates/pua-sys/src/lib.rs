@@ -2,7 +2,12 @@
 //! time over the source that matches the installed Debian package, plus the
 //! core's version strings and gcc's view of every struct we share with C.
 //! Nothing here is safe to use directly: see the `pua` crate's kamailio layer.
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
 #![allow(clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));

@@ -1,0 +1,186 @@
+//! Module life cycle: mod_init (main process, before the fork), child_init
+//! (each process after it), destroy; the module state every process shares
+//! (set before the fork, so every child inherits it); and the timer pass.
+
+use crate::kam::db::{self, DbApi};
+use pua_core::params::{Config, DbMode};
+use pua_core::table::Table;
+use pua_core::{events, lm_err, lm_info, lm_notice, lm_warn};
+use pua_sys::tm_binds;
+use std::sync::OnceLock;
+
+/// What mod_init set up; read-only afterwards, inherited by every child.
+pub struct State {
+    pub cfg: Config,
+    pub db: DbApi,
+    /// The record table (db_mode 0); `None` in db_mode 2.
+    pub table: Option<Table>,
+    pub tm: TmApi,
+}
+
+/// tm's API (`load_tm_api`), used by the PUBLISH and SUBSCRIBE engines.
+pub struct TmApi(pub tm_binds);
+// SAFETY: a table of tm's function pointers, valid in every process.
+unsafe impl Send for TmApi {}
+// SAFETY: as above.
+unsafe impl Sync for TmApi {}
+
+static STATE: OnceLock<State> = OnceLock::new();
+
+/// The module state; `None` before mod_init succeeded.
+pub fn state() -> Option<&'static State> {
+    STATE.get()
+}
+
+// Process ranks from sr_module.h whose child_init does nothing here.
+const PROC_INIT: i32 = pua_sys::PROC_INIT;
+const PROC_MAIN: i32 = pua_sys::PROC_MAIN as i32;
+const PROC_TCP_MAIN: i32 = pua_sys::PROC_TCP_MAIN;
+
+/// mod_init: validate parameters, bind tm and the database, check the
+/// table, create the shared table, events and callbacks, start timers.
+pub fn init() -> Result<(), String> {
+    let (cfg, fixes) = crate::params::read()
+        .validate()
+        .map_err(|e| e.to_string())?;
+    for f in fixes {
+        if f.is_error {
+            lm_err!("modparam(\"pua\", \"{}\"): {}", f.param, f.message);
+        } else {
+            lm_warn!("modparam(\"pua\", \"{}\"): {}", f.param, f.message);
+        }
+    }
+
+    crate::exports::register_rpc()?;
+
+    let mut tm = tm_binds::default();
+    // SAFETY: fills `tm` through tm's exported load function.
+    if unsafe { crate::kam::shim::pua_shim_load_tm(&mut tm) } != 0 {
+        return Err("cannot load the tm API: loadmodule \"tm.so\" before pua".into());
+    }
+
+    let db = DbApi::bind(&cfg.db_url)
+        .map_err(|e| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message))?;
+    {
+        let mut conn = db
+            .connect(&cfg.db_url, false)
+            .map_err(|e| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message))?;
+        conn.check_version(&cfg.db_table)
+            .map_err(|e| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message))?;
+        // The connection closes here: children open their own.
+    }
+
+    let table = match cfg.db_mode {
+        DbMode::Memory => Some(
+            Table::new(cfg.buckets).ok_or_else(|| {
+                format!(
+                    "modparam(\"pua\", \"hash_size\"): no shared memory for {} buckets (raise -m or lower hash_size)",
+                    cfg.buckets
+                )
+            })?,
+        ),
+        DbMode::DbOnly => None,
+    };
+
+    crate::api::register_builtin_events(&cfg)?;
+
+    if cfg.update_period > 5 {
+        crate::exports::register_timers(cfg.update_period)?;
+    }
+
+    lm_info!(
+        "pua (Rust) ready: {} buckets, db_mode {}, update_period {}s, {} events",
+        cfg.buckets,
+        if cfg.db_mode == DbMode::Memory { 0 } else { 2 },
+        cfg.update_period,
+        events::all().len()
+    );
+    STATE
+        .set(State {
+            cfg,
+            db,
+            table,
+            tm: TmApi(tm),
+        })
+        .map_err(|_| "mod_init ran twice".to_string())
+}
+
+/// child_init: a database connection per worker process.
+pub fn child_init(rank: i32) -> Result<(), String> {
+    if rank == PROC_INIT || rank == PROC_MAIN || rank == PROC_TCP_MAIN {
+        return Ok(());
+    }
+    let st = state().ok_or("child_init before mod_init")?;
+    let mut conn = st
+        .db
+        .connect(&st.cfg.db_url, st.cfg.db_mode == DbMode::DbOnly)
+        .map_err(|e| {
+            format!(
+                "child {rank}: modparam(\"pua\", \"{}\"): {}",
+                e.param, e.message
+            )
+        })?;
+    conn.use_table(&st.cfg.db_table).map_err(|e| {
+        format!(
+            "child {rank}: modparam(\"pua\", \"{}\"): {}",
+            e.param, e.message
+        )
+    })?;
+    db::set_process_conn(conn);
+    Ok(())
+}
+
+/// destroy: free the shared structures (the main process, workers gone).
+pub fn destroy() {
+    db::close_process_conn();
+    if let Some(st) = state() {
+        if let Some(t) = st.table {
+            let n = t.len();
+            if n > 0 {
+                lm_notice!("shutting down with {} records in the table", n);
+            }
+            // SAFETY: destroy runs once, in the main process, after the
+            // workers have exited; nothing uses the table any more.
+            unsafe { t.destroy() };
+        }
+    }
+    pua_core::callbacks::destroy();
+    events::destroy();
+}
+
+/// What one cleanup pass did.
+#[derive(Default, Debug)]
+pub struct CleanupStats {
+    pub records: usize,
+    pub expired_deleted: usize,
+    pub refresh_due: usize,
+}
+
+/// The periodic pass (timer every update_period - 5 s, and `pua.cleanup`):
+/// drops records that expired. Bucket locks are held only while walking one
+/// bucket, never across SIP sends. Records due for a refresh are counted;
+/// sending the refresh is the PUBLISH/SUBSCRIBE engines' job.
+pub fn cleanup(now: u32) -> CleanupStats {
+    let mut s = CleanupStats::default();
+    let Some(st) = state() else { return s };
+    let Some(t) = st.table else { return s };
+    let period = st.cfg.update_period;
+    for i in 0..t.buckets() {
+        let mut b = t.lock(i);
+        let all: Vec<_> = b.iter().collect();
+        for r in all {
+            s.records += 1;
+            // SAFETY: valid under the bucket lock.
+            let (expires, desired) = unsafe { ((*r).expires, (*r).desired_expires) };
+            let wants_refresh =
+                desired == 0 || desired > expires.saturating_add(st.cfg.min_expires);
+            if expires.saturating_sub(period) < now && wants_refresh {
+                s.refresh_due += 1;
+            } else if expires < now.saturating_sub(10) {
+                b.delete(r);
+                s.expired_deleted += 1;
+            }
+        }
+    }
+    s
+}
