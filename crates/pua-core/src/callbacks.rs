@@ -157,12 +157,29 @@ mod tests {
     #[test]
     fn runs_matching_callbacks_once() {
         global_arena();
-        register(XCAPDIFF_SUBSCRIBE | RPC_PUBLISH, Some(cb_a), ptr::null_mut()).unwrap();
+        register(
+            XCAPDIFF_SUBSCRIBE | RPC_PUBLISH,
+            Some(cb_a),
+            ptr::null_mut(),
+        )
+        .unwrap();
         register(XCAPDIFF_PUBLISH, Some(cb_b), ptr::null_mut()).unwrap();
-        assert_eq!(register(1 << 16, Some(cb_a), ptr::null_mut()), Err(RegisterError::BadTypes));
-        assert_eq!(register(-1, Some(cb_a), ptr::null_mut()), Err(RegisterError::BadTypes));
-        assert_eq!(register(UL_PUBLISH, None, ptr::null_mut()), Err(RegisterError::NullFunction));
-        let mut rec = ua_pres_t { flag: XCAPDIFF_SUBSCRIBE, ..Default::default() };
+        assert_eq!(
+            register(1 << 16, Some(cb_a), ptr::null_mut()),
+            Err(RegisterError::BadTypes)
+        );
+        assert_eq!(
+            register(-1, Some(cb_a), ptr::null_mut()),
+            Err(RegisterError::BadTypes)
+        );
+        assert_eq!(
+            register(UL_PUBLISH, None, ptr::null_mut()),
+            Err(RegisterError::NullFunction)
+        );
+        let mut rec = ua_pres_t {
+            flag: XCAPDIFF_SUBSCRIBE,
+            ..Default::default()
+        };
         // SAFETY: a valid record on the stack, no message.
         let n = unsafe { run(&mut rec, ptr::null_mut()) };
         assert_eq!(n, 1);

@@ -29,25 +29,56 @@ pub type Builtin = (i32, &'static str, Option<&'static str>, Processor);
 
 /// The events the module registers at start-up, as the 5.6.3 C module does,
 /// except that `reg` follows `reginfo_increase_version` (upstream GH #3234).
-pub fn builtin_events(dlginfo_increase_version: bool, reginfo_increase_version: bool) -> Vec<Builtin> {
+pub fn builtin_events(
+    dlginfo_increase_version: bool,
+    reginfo_increase_version: bool,
+) -> Vec<Builtin> {
     vec![
-        (PRESENCE_EVENT, "presence", Some("application/pidf+xml"), Processor::Presence),
+        (
+            PRESENCE_EVENT,
+            "presence",
+            Some("application/pidf+xml"),
+            Processor::Presence,
+        ),
         (
             DIALOG_EVENT,
             "dialog",
             Some("application/dialog-info+xml"),
-            if dlginfo_increase_version { Processor::DialogVersioned } else { Processor::Dialog },
+            if dlginfo_increase_version {
+                Processor::DialogVersioned
+            } else {
+                Processor::Dialog
+            },
         ),
-        (BLA_EVENT, "dialog;sla", Some("application/dialog-info+xml"), Processor::Bla),
-        (MSGSUM_EVENT, "message-summary", Some("application/simple-message-summary"), Processor::Mwi),
+        (
+            BLA_EVENT,
+            "dialog;sla",
+            Some("application/dialog-info+xml"),
+            Processor::Bla,
+        ),
+        (
+            MSGSUM_EVENT,
+            "message-summary",
+            Some("application/simple-message-summary"),
+            Processor::Mwi,
+        ),
         (PWINFO_EVENT, "presence.winfo", None, Processor::None),
         (
             REGINFO_EVENT,
             "reg",
             Some("application/reginfo+xml"),
-            if reginfo_increase_version { Processor::ReginfoVersioned } else { Processor::Dialog },
+            if reginfo_increase_version {
+                Processor::ReginfoVersioned
+            } else {
+                Processor::Dialog
+            },
         ),
-        (XCAPDIFF_EVENT, "xcap-diff", Some("application/xcap-diff+xml"), Processor::None),
+        (
+            XCAPDIFF_EVENT,
+            "xcap-diff",
+            Some("application/xcap-diff+xml"),
+            Processor::None,
+        ),
     ]
 }
 
@@ -218,7 +249,15 @@ mod tests {
         let names: Vec<_> = ev.iter().map(|e| e.1).collect();
         assert_eq!(
             names,
-            ["presence", "dialog", "dialog;sla", "message-summary", "presence.winfo", "reg", "xcap-diff"]
+            [
+                "presence",
+                "dialog",
+                "dialog;sla",
+                "message-summary",
+                "presence.winfo",
+                "reg",
+                "xcap-diff"
+            ]
         );
         assert_eq!(ev[5].3, Processor::Dialog);
         let ev = builtin_events(false, true);
@@ -230,13 +269,22 @@ mod tests {
     #[test]
     fn add_find_and_share_across_fork() {
         global_arena();
-        assert_eq!(add(1 << 20, b"test-ev", Some(b"text/x-test"), None), Ok(true));
+        assert_eq!(
+            add(1 << 20, b"test-ev", Some(b"text/x-test"), None),
+            Ok(true)
+        );
         assert_eq!(add(1 << 20, b"test-ev", Some(b"other"), None), Ok(false));
         let e = by_name(b"test-ev").unwrap();
         assert_eq!(e.content_type(), b"text/x-test");
         assert_eq!(by_flag(1 << 20).unwrap().name_bytes(), b"test-ev");
         // An event added in a child process is seen by the parent.
-        let c = fork_child(|| if add(1 << 21, b"from-child", None, None) == Ok(true) { 0 } else { 1 });
+        let c = fork_child(|| {
+            if add(1 << 21, b"from-child", None, None) == Ok(true) {
+                0
+            } else {
+                1
+            }
+        });
         assert_eq!(c.wait(), 0);
         let e = by_name(b"from-child").expect("event added by the child");
         assert_eq!(e.flag(), 1 << 21);

@@ -15,7 +15,11 @@ pub fn ffi<R>(name: &str, on_panic: R, body: impl FnOnce() -> R) -> R {
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic payload".to_string());
-            crate::lm_crit!("panic in {}: {} (returned an error to Kamailio instead)", name, msg);
+            crate::lm_crit!(
+                "panic in {}: {} (returned an error to Kamailio instead)",
+                name,
+                msg
+            );
             on_panic
         }
     }

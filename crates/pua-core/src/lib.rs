@@ -10,8 +10,8 @@
 //! `unsafe` in one place per structure, each block with a SAFETY comment.
 
 pub mod callbacks;
-pub mod flags;
 pub mod events;
+pub mod flags;
 pub mod guard;
 pub mod hash;
 pub mod libxml;

@@ -21,14 +21,20 @@ unsafe fn name_is(a: *const u8, b: *const c_char) -> bool {
 ///
 /// # Safety
 /// `node` null or a valid libxml2 node; `name` NUL-terminated; `ns` null or NUL-terminated.
-pub unsafe fn node_by_name(node: *mut xmlNode, name: *const c_char, ns: *const c_char) -> *mut xmlNode {
+pub unsafe fn node_by_name(
+    node: *mut xmlNode,
+    name: *const c_char,
+    ns: *const c_char,
+) -> *mut xmlNode {
     // Iterative depth-first walk (no recursion: hostile documents can be deep).
     let mut stack: Vec<*mut xmlNode> = Vec::new();
     let mut cur = node;
     loop {
         while !cur.is_null() {
             let n = &*cur;
-            if name_is(n.name, name) && (ns.is_null() || (!n.ns.is_null() && name_is((*n.ns).prefix, ns))) {
+            if name_is(n.name, name)
+                && (ns.is_null() || (!n.ns.is_null() && name_is((*n.ns).prefix, ns)))
+            {
                 return cur;
             }
             // Visit children first, then come back to the sibling.
@@ -46,7 +52,11 @@ pub unsafe fn node_by_name(node: *mut xmlNode, name: *const c_char, ns: *const c
 ///
 /// # Safety
 /// `doc` null or a valid document; strings as for [`node_by_name`].
-pub unsafe fn doc_node_by_name(doc: *mut xmlDoc, name: *const c_char, ns: *const c_char) -> *mut xmlNode {
+pub unsafe fn doc_node_by_name(
+    doc: *mut xmlDoc,
+    name: *const c_char,
+    ns: *const c_char,
+) -> *mut xmlNode {
     if doc.is_null() {
         return ptr::null_mut();
     }
@@ -58,7 +68,11 @@ pub unsafe fn doc_node_by_name(doc: *mut xmlDoc, name: *const c_char, ns: *const
 ///
 /// # Safety
 /// As [`node_by_name`].
-pub unsafe fn node_content_by_name(root: *mut xmlNode, name: *const c_char, ns: *const c_char) -> *mut c_char {
+pub unsafe fn node_content_by_name(
+    root: *mut xmlNode,
+    name: *const c_char,
+    ns: *const c_char,
+) -> *mut c_char {
     let n = node_by_name(root, name, ns);
     if n.is_null() {
         return ptr::null_mut();
@@ -116,15 +130,27 @@ mod tests {
             assert!(!doc.is_null());
             let tuple = doc_node_by_name(doc, c"TUPLE".as_ptr(), ptr::null());
             assert!(!tuple.is_null(), "case-insensitive name match");
-            assert_eq!(take(attr_content_by_name(tuple, c"id".as_ptr())).as_deref(), Some("t1"));
+            assert_eq!(
+                take(attr_content_by_name(tuple, c"id".as_ptr())).as_deref(),
+                Some("t1")
+            );
             assert_eq!(take(attr_content_by_name(tuple, c"nope".as_ptr())), None);
             let root = (*doc).children;
-            assert_eq!(take(node_content_by_name(root, c"basic".as_ptr(), ptr::null())).as_deref(), Some("open"));
+            assert_eq!(
+                take(node_content_by_name(root, c"basic".as_ptr(), ptr::null())).as_deref(),
+                Some("open")
+            );
             // Namespace by prefix: the note is in dm:, the basic has no prefix.
-            assert_eq!(take(node_content_by_name(root, c"note".as_ptr(), c"dm".as_ptr())).as_deref(), Some("away"));
+            assert_eq!(
+                take(node_content_by_name(root, c"note".as_ptr(), c"dm".as_ptr())).as_deref(),
+                Some("away")
+            );
             assert!(node_by_name(root, c"basic".as_ptr(), c"dm".as_ptr()).is_null());
             let person = doc_node_by_name(doc, c"person".as_ptr(), ptr::null());
-            assert_eq!(take(attr_content_by_name(person, c"id".as_ptr())).as_deref(), Some("p1"));
+            assert_eq!(
+                take(attr_content_by_name(person, c"id".as_ptr())).as_deref(),
+                Some("p1")
+            );
             assert!(doc_node_by_name(ptr::null_mut(), c"x".as_ptr(), ptr::null()).is_null());
             assert!(attr_content_by_name(ptr::null_mut(), c"x".as_ptr()).is_null());
             xmlFreeDoc(doc);

@@ -23,12 +23,18 @@ impl FutexLock {
     /// # Safety
     /// `p` must be valid, aligned, and not in use by any other process yet.
     pub unsafe fn init(p: *mut FutexLock) {
-        p.write(FutexLock { word: AtomicU32::new(0) });
+        p.write(FutexLock {
+            word: AtomicU32::new(0),
+        });
     }
 
     /// Takes the lock; the guard releases it on every path, unwinding included.
     pub fn lock(&self) -> LockGuard<'_> {
-        if self.word.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        if self
+            .word
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             self.lock_contended();
         }
         LockGuard { lock: self }
@@ -47,7 +53,10 @@ impl FutexLock {
         for _ in 0..ADAPTIVE_WAIT_LOOPS {
             std::hint::spin_loop();
             if self.word.load(Ordering::Relaxed) == 0
-                && self.word.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                && self
+                    .word
+                    .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
             {
                 return;
             }
@@ -109,12 +118,17 @@ mod tests {
 
     #[test]
     fn same_size_as_gen_lock_t() {
-        assert_eq!(std::mem::size_of::<FutexLock>(), std::mem::size_of::<crate::sys::gen_lock_t>());
+        assert_eq!(
+            std::mem::size_of::<FutexLock>(),
+            std::mem::size_of::<crate::sys::gen_lock_t>()
+        );
     }
 
     #[test]
     fn guard_releases_on_unwind() {
-        let l = FutexLock { word: AtomicU32::new(0) };
+        let l = FutexLock {
+            word: AtomicU32::new(0),
+        };
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _g = l.lock();
             panic!("inside");
@@ -148,7 +162,11 @@ mod tests {
         });
         std::thread::sleep(std::time::Duration::from_millis(50));
         // SAFETY: we hold the lock.
-        assert_eq!(unsafe { *counter }, 0, "child ran while the parent held the lock");
+        assert_eq!(
+            unsafe { *counter },
+            0,
+            "child ran while the parent held the lock"
+        );
         drop(g);
         for _ in 0..20_000 {
             let _g = l.lock();

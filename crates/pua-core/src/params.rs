@@ -83,7 +83,11 @@ pub struct ParamError {
 
 impl std::fmt::Display for ParamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid modparam(\"pua\", \"{}\"): {}", self.param, self.message)
+        write!(
+            f,
+            "invalid modparam(\"pua\", \"{}\"): {}",
+            self.param, self.message
+        )
     }
 }
 
@@ -96,8 +100,14 @@ pub struct Correction {
     pub is_error: bool,
 }
 
-fn refuse(param: &'static str, message: impl Into<String>) -> Result<(Config, Vec<Correction>), ParamError> {
-    Err(ParamError { param, message: message.into() })
+fn refuse(
+    param: &'static str,
+    message: impl Into<String>,
+) -> Result<(Config, Vec<Correction>), ParamError> {
+    Err(ParamError {
+        param,
+        message: message.into(),
+    })
 }
 
 impl RawParams {
@@ -106,11 +116,19 @@ impl RawParams {
     pub fn validate(&self) -> Result<(Config, Vec<Correction>), ParamError> {
         let mut fixes = Vec::new();
         let mut fix = |param: &'static str, message: String, is_error: bool| {
-            fixes.push(Correction { param, message, is_error })
+            fixes.push(Correction {
+                param,
+                message,
+                is_error,
+            })
         };
 
         let min_expires = if self.min_expires < 0 {
-            fix("min_expires", format!("{} is negative, using 0", self.min_expires), false);
+            fix(
+                "min_expires",
+                format!("{} is negative, using 0", self.min_expires),
+                false,
+            );
             0
         } else {
             self.min_expires as u32
@@ -134,7 +152,11 @@ impl RawParams {
                 ),
             );
         }
-        let buckets = if self.hash_size <= 1 { 512 } else { 1usize << self.hash_size };
+        let buckets = if self.hash_size <= 1 {
+            512
+        } else {
+            1usize << self.hash_size
+        };
         let db_mode = match self.db_mode {
             0 => DbMode::Memory,
             2 => DbMode::DbOnly,
@@ -144,19 +166,31 @@ impl RawParams {
             }
         };
         if self.update_period < 0 {
-            return refuse("update_period", format!("{} is negative", self.update_period));
+            return refuse(
+                "update_period",
+                format!("{} is negative", self.update_period),
+            );
         }
         if (1..=5).contains(&self.update_period) {
             return refuse(
                 "update_period",
-                format!("{} must be 0 (no timers) or greater than 5", self.update_period),
+                format!(
+                    "{} must be 0 (no timers) or greater than 5",
+                    self.update_period
+                ),
             );
         }
         if self.check_remote_contact != 0 && self.check_remote_contact != 1 {
-            return refuse("check_remote_contact", format!("{} must be 0 or 1", self.check_remote_contact));
+            return refuse(
+                "check_remote_contact",
+                format!("{} must be 0 or 1", self.check_remote_contact),
+            );
         }
         if self.fetch_rows <= 0 {
-            return refuse("fetch_rows", format!("{} must be a positive number of rows", self.fetch_rows));
+            return refuse(
+                "fetch_rows",
+                format!("{} must be a positive number of rows", self.fetch_rows),
+            );
         }
         if self.db_url.is_empty() {
             return refuse("db_url", "is empty; the pua table needs a database");
@@ -202,7 +236,10 @@ mod tests {
         assert_eq!(c.buckets, 512);
         assert_eq!(c.db_url, DEFAULT_DB_URL.as_bytes());
         assert_eq!(c.db_table, b"pua");
-        assert_eq!((c.min_expires, c.default_expires, c.update_period), (0, 3600, 100));
+        assert_eq!(
+            (c.min_expires, c.default_expires, c.update_period),
+            (0, 3600, 100)
+        );
         assert_eq!(c.db_mode, DbMode::Memory);
         assert!(c.check_remote_contact && c.db_table_lock_write);
         assert!(!c.dlginfo_increase_version && !c.reginfo_increase_version);
@@ -225,18 +262,36 @@ mod tests {
         let (c, f) = with(|p| p.default_expires = 100).unwrap();
         assert_eq!((c.default_expires, f[0].param), (3600, "default_expires"));
         let (c, f) = with(|p| p.db_mode = 1).unwrap();
-        assert_eq!((c.db_mode, f[0].param, f[0].is_error), (DbMode::Memory, "db_mode", true));
+        assert_eq!(
+            (c.db_mode, f[0].param, f[0].is_error),
+            (DbMode::Memory, "db_mode", true)
+        );
         assert_eq!(with(|p| p.db_mode = 2).unwrap().0.db_mode, DbMode::DbOnly);
     }
 
     #[test]
     fn refusals_name_the_parameter() {
         for (param, set) in [
-            ("update_period", Box::new(|p: &mut RawParams| p.update_period = -1) as Box<dyn Fn(&mut RawParams)>),
-            ("update_period", Box::new(|p: &mut RawParams| p.update_period = 3)),
-            ("update_period", Box::new(|p: &mut RawParams| p.update_period = 5)),
-            ("check_remote_contact", Box::new(|p: &mut RawParams| p.check_remote_contact = 2)),
-            ("check_remote_contact", Box::new(|p: &mut RawParams| p.check_remote_contact = -1)),
+            (
+                "update_period",
+                Box::new(|p: &mut RawParams| p.update_period = -1) as Box<dyn Fn(&mut RawParams)>,
+            ),
+            (
+                "update_period",
+                Box::new(|p: &mut RawParams| p.update_period = 3),
+            ),
+            (
+                "update_period",
+                Box::new(|p: &mut RawParams| p.update_period = 5),
+            ),
+            (
+                "check_remote_contact",
+                Box::new(|p: &mut RawParams| p.check_remote_contact = 2),
+            ),
+            (
+                "check_remote_contact",
+                Box::new(|p: &mut RawParams| p.check_remote_contact = -1),
+            ),
             ("fetch_rows", Box::new(|p: &mut RawParams| p.fetch_rows = 0)),
             ("db_url", Box::new(|p: &mut RawParams| p.db_url.clear())),
             ("db_table", Box::new(|p: &mut RawParams| p.db_table.clear())),

@@ -86,7 +86,10 @@ pub unsafe fn str_ptr_bytes<'a>(p: *const str_) -> &'a [u8] {
 
 /// A `str` pointing at `bytes` (no copy): for handing borrowed data to C.
 pub fn borrowed_str(bytes: &[u8]) -> str_ {
-    str_ { s: bytes.as_ptr() as *mut c_char, len: bytes.len() as i32 }
+    str_ {
+        s: bytes.as_ptr() as *mut c_char,
+        len: bytes.len() as i32,
+    }
 }
 
 /// Lays out several strings after a header in one shared-memory block, so a
@@ -98,7 +101,9 @@ pub struct BlockBuilder {
 impl BlockBuilder {
     /// Starts a block whose first `header` bytes hold a struct.
     pub fn new(header: usize) -> Self {
-        BlockBuilder { total: (header + 7) & !7 }
+        BlockBuilder {
+            total: (header + 7) & !7,
+        }
     }
     /// Reserves room for a `str` header plus its bytes; returns its offset.
     pub fn reserve_str(&mut self, len: usize) -> usize {
@@ -126,7 +131,10 @@ pub unsafe fn write_bytes_at(base: *mut u8, off: usize, bytes: &[u8]) -> str_ {
     let dst = base.add(off);
     ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
     *dst.add(bytes.len()) = 0;
-    str_ { s: dst as *mut c_char, len: bytes.len() as i32 }
+    str_ {
+        s: dst as *mut c_char,
+        len: bytes.len() as i32,
+    }
 }
 
 /// Writes a `str` header followed by `bytes` at `base + off`; returns a `str*`.

@@ -106,8 +106,16 @@ impl RecordData {
     pub fn to_shm(&self) -> Option<*mut ua_pres_t> {
         let mut b = BlockBuilder::new(std::mem::size_of::<ua_pres_t>());
         let inline = [
-            &self.id, &self.etag, &self.tuple_id, &self.content_type, &self.call_id, &self.to_tag,
-            &self.from_tag, &self.record_route, &self.remote_contact, &self.contact,
+            &self.id,
+            &self.etag,
+            &self.tuple_id,
+            &self.content_type,
+            &self.call_id,
+            &self.to_tag,
+            &self.from_tag,
+            &self.record_route,
+            &self.remote_contact,
+            &self.contact,
         ];
         let inline_off: Vec<usize> = inline.iter().map(|v| b.reserve_bytes(v.len())).collect();
         let boxed = [
@@ -117,8 +125,10 @@ impl RecordData {
             self.watcher_uri.as_ref(),
             self.extra_headers.as_ref(),
         ];
-        let boxed_off: Vec<Option<usize>> =
-            boxed.iter().map(|v| v.map(|v| b.reserve_str(v.len()))).collect();
+        let boxed_off: Vec<Option<usize>> = boxed
+            .iter()
+            .map(|v| v.map(|v| b.reserve_str(v.len())))
+            .collect();
         let base = shm::alloc_zeroed(b.size())?;
         let r = base as *mut ua_pres_t;
         // SAFETY: `base` has room for the struct and every string (BlockBuilder).
@@ -169,7 +179,10 @@ impl RecordData {
 
     /// The bucket key of this record.
     pub fn key(&self) -> (&[u8], Option<&[u8]>) {
-        (&self.pres_uri, self.watcher_uri.as_deref().filter(|w| !w.is_empty()))
+        (
+            &self.pres_uri,
+            self.watcher_uri.as_deref().filter(|w| !w.is_empty()),
+        )
     }
 }
 
@@ -209,7 +222,10 @@ impl Table {
         // SAFETY: `i` is in range; buckets live as long as the table.
         let b = unsafe { &*self.buckets.add(i) };
         let guard = b.lock.lock();
-        BucketRef { bucket: b as *const Bucket as *mut Bucket, _guard: guard }
+        BucketRef {
+            bucket: b as *const Bucket as *mut Bucket,
+            _guard: guard,
+        }
     }
 
     /// Inserts a record built from `data` into its bucket; returns it.
@@ -354,8 +370,13 @@ pub mod dialog {
         }
         b.find(|p| {
             // SAFETY: records in a locked bucket are valid.
-            let (call_id, to_tag, from_tag) =
-                unsafe { (str_bytes(&p.call_id), str_bytes(&p.to_tag), str_bytes(&p.from_tag)) };
+            let (call_id, to_tag, from_tag) = unsafe {
+                (
+                    str_bytes(&p.call_id),
+                    str_bytes(&p.to_tag),
+                    str_bytes(&p.from_tag),
+                )
+            };
             p.flag & q.flag != 0
                 && !to_tag.is_empty()
                 && call_id == q.call_id.as_slice()
@@ -369,7 +390,9 @@ pub mod dialog {
         b.find(|p| {
             // SAFETY: records in a locked bucket are valid.
             let (call_id, from_tag) = unsafe { (str_bytes(&p.call_id), str_bytes(&p.from_tag)) };
-            !call_id.is_empty() && call_id == q.call_id.as_slice() && from_tag == q.from_tag.as_slice()
+            !call_id.is_empty()
+                && call_id == q.call_id.as_slice()
+                && from_tag == q.from_tag.as_slice()
         })
     }
 
@@ -476,12 +499,16 @@ mod tests {
         {
             let mut b = t.lock(i);
             // SAFETY: valid under the lock.
-            let r = b.find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:u7@x").unwrap();
+            let r = b
+                .find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:u7@x")
+                .unwrap();
             let mut nd = d.clone();
             nd.etag = b"etag-2".to_vec();
             assert!(b.replace(r, nd.to_shm().unwrap()));
             // SAFETY: as above.
-            let r = b.find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:u7@x").unwrap();
+            let r = b
+                .find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:u7@x")
+                .unwrap();
             // SAFETY: as above.
             assert_eq!(unsafe { str_bytes(&(*r).etag) }, b"etag-2");
             assert!(b.delete(r));
@@ -521,7 +548,10 @@ mod tests {
         let b = t.lock(t.bucket_of(&d.pres_uri, None));
         // SAFETY: valid under the lock.
         let r = b.find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:w3u249@x");
-        assert!(r.is_some(), "a record inserted by a child is missing in the parent");
+        assert!(
+            r.is_some(),
+            "a record inserted by a child is missing in the parent"
+        );
         drop(b);
         // A child deletes; the parent sees it gone.
         let c = fork_child(move || {
@@ -564,7 +594,10 @@ mod tests {
         q2.from_tag = b"other".to_vec();
         assert_eq!(dialog::is_dialog(&t, &q2), -1);
         assert_eq!(dialog::record_id(&t, &q2), None);
-        assert_eq!(dialog::subs_list(&t, b"rls-did"), vec![b"sip:carol@x".to_vec(), b"sip:dave@x".to_vec()]);
+        assert_eq!(
+            dialog::subs_list(&t, b"rls-did"),
+            vec![b"sip:carol@x".to_vec(), b"sip:dave@x".to_vec()]
+        );
         assert!(dialog::subs_list(&t, b"nope").is_empty());
     }
 }

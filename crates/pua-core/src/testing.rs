@@ -50,7 +50,10 @@ impl SharedArena {
                 live: AtomicI64::new(0),
             })
         };
-        SharedArena { base: base as *mut u8, size }
+        SharedArena {
+            base: base as *mut u8,
+            size,
+        }
     }
 
     fn head(&self) -> &ArenaHead {
