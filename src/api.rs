@@ -18,7 +18,7 @@ use std::os::raw::{c_char, c_int, c_void};
 use std::ptr;
 
 /// `bind_pua`: fills `pua_api_t` in the 5.6.3 field order.
-pub unsafe extern "C" fn bind_pua(api: *mut pua_api_t) -> c_int {
+pub(crate) unsafe extern "C" fn bind_pua(api: *mut pua_api_t) -> c_int {
     ffi("bind_pua", -1, || {
         if api.is_null() {
             lm_err!("bind_pua: invalid parameter value (NULL)");
@@ -42,7 +42,7 @@ pub unsafe extern "C" fn bind_pua(api: *mut pua_api_t) -> c_int {
 
 /// `send_publish`. The PUBLISH engine is issue #3; until it lands this
 /// refuses every request with a log line instead of pretending to send.
-pub unsafe extern "C" fn send_publish(publ: *mut publ_info_t) -> c_int {
+pub(crate) unsafe extern "C" fn send_publish(publ: *mut publ_info_t) -> c_int {
     ffi("send_publish", -1, || {
         if publ.is_null() {
             lm_err!("send_publish: NULL publ_info");
@@ -54,7 +54,7 @@ pub unsafe extern "C" fn send_publish(publ: *mut publ_info_t) -> c_int {
 }
 
 /// `send_subscribe`. The SUBSCRIBE engine is issue #4; see [`send_publish`].
-pub unsafe extern "C" fn send_subscribe(subs: *mut subs_info_t) -> c_int {
+pub(crate) unsafe extern "C" fn send_subscribe(subs: *mut subs_info_t) -> c_int {
     ffi("send_subscribe", -1, || {
         if subs.is_null() {
             lm_err!("send_subscribe: NULL subs_info");
@@ -66,7 +66,11 @@ pub unsafe extern "C" fn send_subscribe(subs: *mut subs_info_t) -> c_int {
 }
 
 /// `register_puacb`: 1 on success (as C), E_BUG / E_OUT_OF_MEM otherwise.
-pub unsafe extern "C" fn register_puacb(types: c_int, f: pua_cb, param: *mut c_void) -> c_int {
+pub(crate) unsafe extern "C" fn register_puacb(
+    types: c_int,
+    f: pua_cb,
+    param: *mut c_void,
+) -> c_int {
     ffi(
         "register_puacb",
         pua_sys::E_BUG,
@@ -91,7 +95,7 @@ unsafe fn query(d: *mut ua_pres_t) -> Option<RecordData> {
 }
 
 /// `is_dialog`: 0 confirmed dialog, 1 temporary, -1 none.
-pub unsafe extern "C" fn is_dialog(d: *mut ua_pres_t) -> c_int {
+pub(crate) unsafe extern "C" fn is_dialog(d: *mut ua_pres_t) -> c_int {
     ffi("is_dialog", -1, || {
         // SAFETY: consumers pass a valid ua_pres_t.
         let Some(q) = (unsafe { query(d) }) else {
@@ -109,7 +113,7 @@ pub unsafe extern "C" fn is_dialog(d: *mut ua_pres_t) -> c_int {
 
 /// `get_record_id`: `*rec_id` = pkg str (and pkg `s`) of the dialog's id,
 /// or NULL when there is none; 0 on success, -1 on error.
-pub unsafe extern "C" fn get_record_id(d: *mut ua_pres_t, rec_id: *mut *mut str_) -> c_int {
+pub(crate) unsafe extern "C" fn get_record_id(d: *mut ua_pres_t, rec_id: *mut *mut str_) -> c_int {
     ffi("get_record_id", -1, || {
         if rec_id.is_null() {
             return -1;
@@ -140,7 +144,7 @@ pub unsafe extern "C" fn get_record_id(d: *mut ua_pres_t, rec_id: *mut *mut str_
 
 /// `get_subs_list`: a pkg list (rls's list_entry_t) of the presentity URIs
 /// subscribed under `did`, sorted; the caller frees nodes and strings.
-pub unsafe extern "C" fn get_subs_list(did: *mut str_) -> *mut list_entry_t {
+pub(crate) unsafe extern "C" fn get_subs_list(did: *mut str_) -> *mut list_entry_t {
     ffi("get_subs_list", ptr::null_mut(), || {
         if did.is_null() {
             return ptr::null_mut();
@@ -180,7 +184,7 @@ pub unsafe extern "C" fn get_subs_list(did: *mut str_) -> *mut list_entry_t {
 }
 
 /// `add_event`: 0 on success (also when the event exists), -1 on error.
-pub unsafe extern "C" fn add_event(
+pub(crate) unsafe extern "C" fn add_event(
     ev_flag: c_int,
     name: *mut c_char,
     content_type: *mut c_char,
@@ -200,7 +204,7 @@ pub unsafe extern "C" fn add_event(
         };
         match events::add(ev_flag, n, ct, process_body) {
             Ok(_) => 0,
-            Err(()) => -1,
+            Err(_) => -1,
         }
     })
 }
@@ -279,7 +283,7 @@ unsafe extern "C" fn xml_node_get_attr_content_by_name(
 }
 
 /// `bind_libxml_api`: the four helpers over libxml2 nodes.
-pub unsafe extern "C" fn bind_libxml_api(api: *mut libxml_api_t) -> c_int {
+pub(crate) unsafe extern "C" fn bind_libxml_api(api: *mut libxml_api_t) -> c_int {
     ffi("bind_libxml_api", -1, || {
         if api.is_null() {
             lm_err!("bind_libxml_api: invalid parameter value (NULL)");

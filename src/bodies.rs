@@ -62,7 +62,7 @@ unsafe fn run(
 macro_rules! processor {
     ($name:ident, $p:expr) => {
         /// A built-in body processor (`evs_process_body_t`).
-        pub unsafe extern "C" fn $name(
+        pub(crate) unsafe extern "C" fn $name(
             publ: *mut publ_info,
             final_body: *mut *mut str_,
             ver: c_int,

@@ -168,6 +168,9 @@ pub static exports: CCell<module_exports> = CCell::new(module_exports {
 
 /// Called by the loader right after dlopen, before the config is parsed:
 /// install the logger, the shm allocator and the panic hook, register KEMI.
+///
+/// # Safety
+/// Called by Kamailio's module loader only.
 #[no_mangle]
 pub unsafe extern "C" fn mod_register(
     _path: *mut c_char,

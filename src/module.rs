@@ -170,8 +170,8 @@ pub fn cleanup(now: u32) -> CleanupStats {
         let all: Vec<_> = b.iter().collect();
         for r in all {
             s.records += 1;
-            // SAFETY: valid under the bucket lock.
-            let (expires, desired) = unsafe { ((*r).expires, (*r).desired_expires) };
+            let rec = b.get(r);
+            let (expires, desired) = (rec.expires, rec.desired_expires);
             let wants_refresh =
                 desired == 0 || desired > expires.saturating_add(st.cfg.min_expires);
             if expires.saturating_sub(period) < now && wants_refresh {

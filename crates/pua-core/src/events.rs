@@ -110,18 +110,25 @@ fn head() -> Option<&'static ListHead> {
     Some(unsafe { &*h })
 }
 
+/// Why an event could not be added.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EventError {
+    EmptyName,
+    OutOfMemory,
+}
+
 /// Adds an event; an event of the same name already present is kept (Ok(false)).
 pub fn add(
     ev_flag: i32,
     name: &[u8],
     content_type: Option<&[u8]>,
     process_body: evs_process_body_t,
-) -> Result<bool, ()> {
+) -> Result<bool, EventError> {
     if name.is_empty() {
         crate::lm_err!("add_event: empty event name");
-        return Err(());
+        return Err(EventError::EmptyName);
     }
-    let head = head().ok_or(())?;
+    let head = head().ok_or(EventError::OutOfMemory)?;
     let _g = head.lock.lock();
     if find_locked(head, |e| e.name_bytes() == name).is_some() {
         crate::lm_dbg!("event {} already exists", String::from_utf8_lossy(name));
@@ -130,7 +137,7 @@ pub fn add(
     let mut b = BlockBuilder::new(std::mem::size_of::<pua_event_t>());
     let name_off = b.reserve_bytes(name.len());
     let ct_off = content_type.map(|c| b.reserve_bytes(c.len()));
-    let base = shm::alloc_zeroed(b.size()).ok_or(())?;
+    let base = shm::alloc_zeroed(b.size()).ok_or(EventError::OutOfMemory)?;
     let ev = base as *mut pua_event_t;
     // SAFETY: `base` has room for the struct and both strings (BlockBuilder);
     // the list is only changed under the head lock.
@@ -289,6 +296,6 @@ mod tests {
         let e = by_name(b"from-child").expect("event added by the child");
         assert_eq!(e.flag(), 1 << 21);
         assert!(e.content_type().is_empty());
-        assert!(add(1, b"", None, None).is_err());
+        assert_eq!(add(1, b"", None, None), Err(EventError::EmptyName));
     }
 }

@@ -13,7 +13,7 @@ use crate::lock::{FutexLock, LockGuard};
 use crate::shm::{self, str_bytes, str_ptr_bytes, BlockBuilder};
 use crate::sys::{str_, ua_pres_t};
 use std::os::raw::c_void;
-use std::ptr;
+use std::ptr::{self, NonNull};
 
 #[repr(C)]
 struct Bucket {
@@ -32,6 +32,21 @@ pub struct Table {
 unsafe impl Send for Table {}
 // SAFETY: as above.
 unsafe impl Sync for Table {}
+
+/// A record block in shm (made by [`RecordData::to_shm`] or found in a
+/// bucket). Read it through [`BucketRef::get`] while its bucket is locked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rec(NonNull<ua_pres_t>);
+
+impl Rec {
+    /// The C pointer, for handing the record to consumers (callbacks).
+    pub fn as_ptr(self) -> *mut ua_pres_t {
+        self.0.as_ptr()
+    }
+}
+
+// SAFETY: a pointer into shm, valid in every process; access is under bucket locks.
+unsafe impl Send for Rec {}
 
 /// The owned values of a record, used to build its shm block.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -103,7 +118,7 @@ impl RecordData {
     }
 
     /// Builds the record as one shm block; `None` when shm is exhausted.
-    pub fn to_shm(&self) -> Option<*mut ua_pres_t> {
+    pub fn to_shm(&self) -> Option<Rec> {
         let mut b = BlockBuilder::new(std::mem::size_of::<ua_pres_t>());
         let inline = [
             &self.id,
@@ -174,7 +189,7 @@ impl RecordData {
                 contact: s[9],
             });
         }
-        Some(r)
+        NonNull::new(r).map(Rec)
     }
 
     /// The bucket key of this record.
@@ -190,8 +205,8 @@ impl RecordData {
 ///
 /// # Safety
 /// `r` must be unlinked from the table and not used afterwards.
-pub unsafe fn free_record(r: *mut ua_pres_t) {
-    shm::free(r);
+pub unsafe fn free_record(r: Rec) {
+    shm::free(r.as_ptr());
 }
 
 impl Table {
@@ -229,7 +244,7 @@ impl Table {
     }
 
     /// Inserts a record built from `data` into its bucket; returns it.
-    pub fn insert(&self, data: &RecordData) -> Option<*mut ua_pres_t> {
+    pub fn insert(&self, data: &RecordData) -> Option<Rec> {
         let r = data.to_shm()?;
         let (p, w) = data.key();
         self.lock(self.bucket_of(p, w)).push(r);
@@ -268,68 +283,83 @@ pub struct BucketRef<'a> {
 
 impl BucketRef<'_> {
     /// The records of the bucket, newest first.
-    pub fn iter(&self) -> impl Iterator<Item = *mut ua_pres_t> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = Rec> + '_ {
         // SAFETY: the bucket is locked; list nodes are valid records.
         let mut p = unsafe { (*self.bucket).first };
         std::iter::from_fn(move || {
-            if p.is_null() {
-                None
-            } else {
-                let r = p;
-                // SAFETY: as above.
-                p = unsafe { (*p).next };
-                Some(r)
-            }
+            let r = NonNull::new(p)?;
+            // SAFETY: as above.
+            p = unsafe { (*p).next };
+            Some(Rec(r))
         })
     }
 
+    /// Reads a record of this bucket; valid while the bucket stays locked.
+    pub fn get(&self, r: Rec) -> &ua_pres_t {
+        // SAFETY: `Rec`s are valid record blocks; the lock keeps them alive.
+        unsafe { r.0.as_ref() }
+    }
+
+    /// Changes fixed-size fields of a record of this bucket in place.
+    pub fn get_mut(&mut self, r: Rec) -> &mut ua_pres_t {
+        // SAFETY: as `get`; the lock makes us the only accessor.
+        unsafe { &mut *r.as_ptr() }
+    }
+
     /// The first record matching `pred`.
-    pub fn find(&self, pred: impl Fn(&ua_pres_t) -> bool) -> Option<*mut ua_pres_t> {
-        // SAFETY: records in a locked bucket are valid.
-        self.iter().find(|&r| pred(unsafe { &*r }))
+    pub fn find(&self, pred: impl Fn(&ua_pres_t) -> bool) -> Option<Rec> {
+        self.iter().find(|&r| pred(self.get(r)))
     }
 
     /// Links a record (from [`RecordData::to_shm`]) at the head of the bucket.
-    pub fn push(&mut self, r: *mut ua_pres_t) {
+    pub fn push(&mut self, r: Rec) {
         // SAFETY: bucket locked; `r` is a valid unlinked record.
         unsafe {
-            (*r).next = (*self.bucket).first;
-            (*self.bucket).first = r;
+            (*r.as_ptr()).next = (*self.bucket).first;
+            (*self.bucket).first = r.as_ptr();
         }
     }
 
-    fn pop(&mut self) -> Option<*mut ua_pres_t> {
+    fn pop(&mut self) -> Option<Rec> {
         // SAFETY: bucket locked.
         unsafe {
-            let r = (*self.bucket).first;
-            if r.is_null() {
-                return None;
-            }
-            (*self.bucket).first = (*r).next;
-            (*r).next = ptr::null_mut();
-            Some(r)
+            let r = NonNull::new((*self.bucket).first)?;
+            (*self.bucket).first = (*r.as_ptr()).next;
+            (*r.as_ptr()).next = ptr::null_mut();
+            Some(Rec(r))
         }
     }
 
-    /// Unlinks `r`; returns whether it was in this bucket. The caller frees it.
-    pub fn unlink(&mut self, r: *mut ua_pres_t) -> bool {
+    /// The link that points at `r`, if `r` is in this bucket.
+    fn link_to(&mut self, r: Rec) -> Option<*mut *mut ua_pres_t> {
         // SAFETY: bucket locked; we walk the `next` links of valid records.
         unsafe {
             let mut link: *mut *mut ua_pres_t = ptr::addr_of_mut!((*self.bucket).first);
             while !(*link).is_null() {
-                if *link == r {
-                    *link = (*r).next;
-                    (*r).next = ptr::null_mut();
-                    return true;
+                if *link == r.as_ptr() {
+                    return Some(link);
                 }
                 link = ptr::addr_of_mut!((**link).next);
             }
         }
-        false
+        None
+    }
+
+    /// Unlinks `r`; returns whether it was in this bucket. The caller frees it.
+    pub fn unlink(&mut self, r: Rec) -> bool {
+        let Some(link) = self.link_to(r) else {
+            return false;
+        };
+        // SAFETY: `link` points at `r` inside this locked bucket.
+        unsafe {
+            *link = (*r.as_ptr()).next;
+            (*r.as_ptr()).next = ptr::null_mut();
+        }
+        true
     }
 
     /// Unlinks and frees `r`.
-    pub fn delete(&mut self, r: *mut ua_pres_t) -> bool {
+    pub fn delete(&mut self, r: Rec) -> bool {
         let found = self.unlink(r);
         if found {
             // SAFETY: unlinked just now; the bucket lock kept others away.
@@ -339,21 +369,18 @@ impl BucketRef<'_> {
     }
 
     /// Puts `new` in place of `old` (same position) and frees `old`.
-    pub fn replace(&mut self, old: *mut ua_pres_t, new: *mut ua_pres_t) -> bool {
-        // SAFETY: bucket locked; walk as in `unlink`.
+    pub fn replace(&mut self, old: Rec, new: Rec) -> bool {
+        let Some(link) = self.link_to(old) else {
+            return false;
+        };
+        // SAFETY: `link` points at `old` inside this locked bucket; `new` is
+        // a valid unlinked record.
         unsafe {
-            let mut link: *mut *mut ua_pres_t = ptr::addr_of_mut!((*self.bucket).first);
-            while !(*link).is_null() {
-                if *link == old {
-                    (*new).next = (*old).next;
-                    *link = new;
-                    free_record(old);
-                    return true;
-                }
-                link = ptr::addr_of_mut!((**link).next);
-            }
+            (*new.as_ptr()).next = (*old.as_ptr()).next;
+            *link = new.as_ptr();
+            free_record(old);
         }
-        false
+        true
     }
 }
 
@@ -364,7 +391,7 @@ pub mod dialog {
     use super::*;
 
     /// Confirmed dialog of `q` in a locked bucket.
-    pub fn confirmed(b: &BucketRef<'_>, q: &RecordData) -> Option<*mut ua_pres_t> {
+    pub fn confirmed(b: &BucketRef<'_>, q: &RecordData) -> Option<Rec> {
         if q.to_tag.is_empty() {
             return None;
         }
@@ -386,7 +413,7 @@ pub mod dialog {
     }
 
     /// Temporary (not yet confirmed) dialog of `q` in a locked bucket.
-    pub fn temporary(b: &BucketRef<'_>, q: &RecordData) -> Option<*mut ua_pres_t> {
+    pub fn temporary(b: &BucketRef<'_>, q: &RecordData) -> Option<Rec> {
         b.find(|p| {
             // SAFETY: records in a locked bucket are valid.
             let (call_id, from_tag) = unsafe { (str_bytes(&p.call_id), str_bytes(&p.from_tag)) };
@@ -414,8 +441,8 @@ pub mod dialog {
         let (p, w) = q.key();
         let b = t.lock(t.bucket_of(p, w));
         let r = confirmed(&b, q).or_else(|| temporary(&b, q))?;
-        // SAFETY: valid while the bucket is locked; copied out before unlock.
-        Some(unsafe { str_bytes(&(*r).id) }.to_vec())
+        // SAFETY: the record's id is valid while the bucket is locked.
+        Some(unsafe { str_bytes(&b.get(r).id) }.to_vec())
     }
 
     /// `get_subs_list`: the presentity URIs of every record whose id starts
@@ -425,8 +452,9 @@ pub mod dialog {
         for i in 0..t.buckets() {
             let b = t.lock(i);
             for r in b.iter() {
-                // SAFETY: valid under the bucket lock.
-                let (id, uri) = unsafe { (str_bytes(&(*r).id), str_ptr_bytes((*r).pres_uri)) };
+                let rec = b.get(r);
+                // SAFETY: the record's strings are valid under the bucket lock.
+                let (id, uri) = unsafe { (str_bytes(&rec.id), str_ptr_bytes(rec.pres_uri)) };
                 if !id.is_empty() && id.starts_with(did) && !uri.is_empty() {
                     out.push(uri.to_vec());
                 }
@@ -466,7 +494,7 @@ mod tests {
         d.outbound_proxy = Some(b"sip:proxy".to_vec());
         d.extra_headers = Some(vec![b'X'; 5000]);
         d.call_id = b"cid".to_vec();
-        let r = d.to_shm().unwrap();
+        let r = d.to_shm().unwrap().as_ptr();
         // SAFETY: a fresh valid record.
         let back = unsafe { RecordData::from_record(&*r) };
         assert_eq!(back, d);
@@ -474,14 +502,14 @@ mod tests {
         unsafe {
             assert_eq!(*(*(*r).pres_uri).s.add(21), 0);
             assert!((*r).next.is_null());
-            free_record(r);
+            shm::free(r);
         }
         // Absent optional fields stay NULL pointers, as C consumers test them.
-        let r = publ("sip:a@b", "i").to_shm().unwrap();
+        let r = publ("sip:a@b", "i").to_shm().unwrap().as_ptr();
         // SAFETY: valid record.
         unsafe {
             assert!((*r).watcher_uri.is_null() && (*r).outbound_proxy.is_null());
-            free_record(r);
+            shm::free(r);
         }
     }
 
@@ -509,8 +537,8 @@ mod tests {
             let r = b
                 .find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:u7@x")
                 .unwrap();
-            // SAFETY: as above.
-            assert_eq!(unsafe { str_bytes(&(*r).etag) }, b"etag-2");
+            // SAFETY: valid under the lock.
+            assert_eq!(unsafe { str_bytes(&b.get(r).etag) }, b"etag-2");
             assert!(b.delete(r));
             assert!(!b.unlink(r));
         }
