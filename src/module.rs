@@ -88,13 +88,19 @@ pub fn init() -> Result<(), String> {
         crate::exports::register_timers(cfg.update_period)?;
     }
 
-    lm_info!(
-        "pua (Rust) ready: {} buckets, db_mode {}, update_period {}s, {} events",
-        cfg.buckets,
-        if cfg.db_mode == DbMode::Memory { 0 } else { 2 },
-        cfg.update_period,
-        events::all().len()
-    );
+    match table {
+        Some(t) => lm_info!(
+            "pua (Rust) ready: db_mode 0, {} buckets, update_period {}s, {} events",
+            t.buckets(),
+            cfg.update_period,
+            events::all().len()
+        ),
+        None => lm_info!(
+            "pua (Rust) ready: db_mode 2, update_period {}s, {} events",
+            cfg.update_period,
+            events::all().len()
+        ),
+    }
     STATE
         .set(State {
             cfg,

@@ -143,7 +143,8 @@ impl RawParams {
         } else {
             self.default_expires as u32
         };
-        if self.hash_size > MAX_HASH_SIZE {
+        // hash_size only matters for the table in memory (db_mode 0).
+        if self.hash_size > MAX_HASH_SIZE && self.db_mode != 2 {
             return refuse(
                 "hash_size",
                 format!(
@@ -253,6 +254,12 @@ mod tests {
         assert_eq!(with(|p| p.hash_size = 4).unwrap().0.buckets, 16);
         assert_eq!(with(|p| p.hash_size = 20).unwrap().0.buckets, 1 << 20);
         assert_eq!(with(|p| p.hash_size = 21).unwrap_err().param, "hash_size");
+        // In db_mode 2 there is no table in memory: any hash_size is accepted.
+        assert!(with(|p| {
+            p.hash_size = 40;
+            p.db_mode = 2
+        })
+        .is_ok());
     }
 
     #[test]
