@@ -9,6 +9,7 @@
 //! only touched under the owning bucket's lock; the types here keep that
 //! `unsafe` in one place per structure, each block with a SAFETY comment.
 
+pub mod bodies;
 pub mod callbacks;
 pub mod events;
 pub mod flags;

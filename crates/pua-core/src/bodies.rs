@@ -1,0 +1,871 @@
+//! The body processors of the built-in pua events: what `send_publish` does
+//! to a PUBLISH body before sending it, as Kamailio 5.6.3's `add_events.c`
+//! does, as pure functions over bytes (libxml2 does the XML, as in C).
+//!
+//! `send_publish` calls the event's processor with the body, the record's
+//! version counter (`ver`: 0 for a new record, else the stored version after
+//! its increment) and the tuple id stored for the record (`None` for a new
+//! record or when none is stored). It sends the body the processor returns
+//! and keeps the tuple id in the record (through the callback parameter).
+//!
+//! Which processor each event gets (C's `pua_add_events`, mirrored by
+//! [`crate::events::builtin_events`]):
+//!
+//! | event             | processor                                                    |
+//! |-------------------|--------------------------------------------------------------|
+//! | `presence`        | [`presence`]                                                 |
+//! | `dialog`          | [`dialog_info_version`] if `dlginfo_increase_version`, else [`passthrough`] |
+//! | `dialog;sla`      | [`dialog_info_version`] (C's `bla_process_body`), always     |
+//! | `message-summary` | [`passthrough`] (C's `mwi_process_body`)                     |
+//! | `reg`             | [`reginfo_version`] if `reginfo_increase_version`, else [`passthrough`] |
+//! | `presence.winfo`, `xcap-diff` | none (C registers a NULL processor)               |
+//!
+//! For `reg`, 5.6.3 looks at `dlginfo_increase_version`; we follow upstream's
+//! fix (GH #3234) and look at `reginfo_increase_version`.
+//!
+//! Differences from C, all on inputs where C misbehaves:
+//! - an `id=""` attribute (tuple or person) counts as absent and is
+//!   replaced, where C keeps it: an empty tuple id, which `send_publish`
+//!   then treats as none stored, and an invalid `xs:ID`;
+//! - a stored tuple id of 50 bytes or more is applied, where C overflows a
+//!   50-byte stack buffer;
+//! - a generated tuple id is unique per record and a valid `xs:ID`
+//!   ([`generate_tuple_id`]), where C prints the address of the caller's
+//!   `publ_info_t` (often on the stack, so equal for different records);
+//! - a failed serialisation is an error, where the dialog/reginfo processors
+//!   of C return success with a NULL body;
+//! - the parser never touches the network nor prints to stderr, and we never
+//!   call `xmlCleanupParser` (C does, after every presence/dialog body,
+//!   under any other libxml2 user in the process);
+//! - a `ver` is printed as the unsigned number it is (C passes an `int`
+//!   to `int2str`, so a negative one would print as a huge unsigned long).
+
+use crate::libxml::{attr_content_by_name, doc_node_by_name};
+use crate::sys::{
+    xmlChar, xmlDoc, xmlDocDumpFormatMemory, xmlFreeDoc, xmlFreeFunc, xmlInitParser, xmlMemGet,
+    xmlNode, xmlReadMemory, xmlSetProp,
+};
+use std::borrow::Cow;
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::os::raw::{c_char, c_int, c_void};
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
+
+/// libxml2's `XML_PARSE_NOERROR`: no error reports (on stderr).
+const XML_PARSE_NOERROR: c_int = 1 << 5;
+/// libxml2's `XML_PARSE_NOWARNING`: no warning reports.
+const XML_PARSE_NOWARNING: c_int = 1 << 6;
+/// libxml2's `XML_PARSE_NONET`: no network access (external DTDs, entities).
+const XML_PARSE_NONET: c_int = 1 << 11;
+/// Our parse options. No entity substitution, no DTD loading, blanks kept:
+/// otherwise libxml2's defaults, as C's `xmlParseMemory`.
+const PARSE_OPTIONS: c_int = XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING;
+
+/// A tuple id taken from a body is refused from this length on, as in C
+/// (whose buffer is 50 bytes); the `pua` table's column is 64 wide.
+pub const MAX_TUPLE_ID_LEN: usize = 49;
+
+/// Why a body could not be processed. C logs and fails the PUBLISH alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// The body is empty.
+    Empty,
+    /// The body is longer than libxml2 accepts (`int` length).
+    TooLarge(usize),
+    /// libxml2 could not parse the body (not well-formed XML).
+    Malformed,
+    /// The document has no element of this name (`tuple`, `dialog-info`,
+    /// `reginfo`).
+    MissingElement(&'static str),
+    /// The `tuple` element's id (taken from the body, nothing stored) is
+    /// longer than [`MAX_TUPLE_ID_LEN`]; the length is given.
+    TupleIdTooLong(usize),
+    /// The tuple id to apply contains a NUL byte.
+    InvalidTupleId,
+    /// libxml2 failed on an operation (named) that should not fail: out of
+    /// memory in practice.
+    Xml(&'static str),
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::Empty => write!(f, "empty body"),
+            BodyError::TooLarge(n) => write!(f, "body too large for libxml2 ({n} bytes)"),
+            BodyError::Malformed => {
+                write!(f, "while parsing xml memory: body is not well-formed XML")
+            }
+            BodyError::MissingElement(name) => write!(f, "no <{name}> element in the body"),
+            BodyError::TupleIdTooLong(n) => {
+                write!(
+                    f,
+                    "tuple id is too long ({n} bytes, at most {MAX_TUPLE_ID_LEN})"
+                )
+            }
+            BodyError::InvalidTupleId => write!(f, "tuple id contains a NUL byte"),
+            BodyError::Xml(what) => write!(f, "libxml2 failed: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// What a processor hands back to `send_publish`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Processed<'a> {
+    /// The body to send. `Borrowed` is the input unchanged (C's processors
+    /// that return 0 and hand back `publ->body`); `Owned` is a new document,
+    /// serialised as C does (`xmlDocDumpFormatMemory`, format 1: with an XML
+    /// declaration and a final newline).
+    pub body: Cow<'a, [u8]>,
+    /// [`presence`]: always `Some`, the tuple id the record keeps after this
+    /// PUBLISH, as C leaves `*tuple_param`: the stored one when one was
+    /// given, else the id found in the body or the generated one (new: the
+    /// caller stores it). The other processors: `None`, they leave the
+    /// record's tuple id (stored or not) alone, as in C.
+    pub tuple_id: Option<Vec<u8>>,
+}
+
+impl Processed<'_> {
+    /// Whether the body was rewritten (C's processors return 1 then, 0 when
+    /// they hand back the input).
+    pub fn is_rewritten(&self) -> bool {
+        matches!(self.body, Cow::Owned(_))
+    }
+}
+
+/// Runs the processor `p` of [`crate::events::Processor`]:
+/// `Presence` → [`presence`]; `DialogVersioned` and `Bla` →
+/// [`dialog_info_version`]; `ReginfoVersioned` → [`reginfo_version`];
+/// `Dialog`, `Mwi` → [`passthrough`]. `None` (the events C registers with a
+/// NULL processor, on which C would crash given a body) passes the body
+/// through as well.
+pub fn process<'a>(
+    p: crate::events::Processor,
+    body: &'a [u8],
+    ver: u32,
+    stored_tuple: Option<&[u8]>,
+) -> Result<Processed<'a>, BodyError> {
+    use crate::events::Processor as P;
+    match p {
+        P::Presence => presence(body, stored_tuple),
+        P::DialogVersioned | P::Bla => dialog_info_version(body, ver),
+        P::ReginfoVersioned => reginfo_version(body, ver),
+        P::Dialog | P::Mwi | P::None => Ok(passthrough(body)),
+    }
+}
+
+/// C's `mwi_process_body` and `dlg_process_body` (message-summary; dialog
+/// and reg without version increase): the body is sent as it is, never
+/// looked at, the tuple id untouched. Never fails.
+pub fn passthrough(body: &[u8]) -> Processed<'_> {
+    Processed {
+        body: Cow::Borrowed(body),
+        tuple_id: None,
+    }
+}
+
+/// C's `pres_process_body` (presence, application/pidf+xml).
+///
+/// The first element named `tuple` (in document order, any namespace, name
+/// compared case-insensitively as C does) must exist. Its `id` attribute
+/// (name case-insensitive; an empty value counts as absent, unlike C):
+/// - present: kept in the body. Without a stored id it becomes the record's
+///   tuple id, and must be at most [`MAX_TUPLE_ID_LEN`] bytes long; with a
+///   stored id the stored one stays the record's (the body is not changed).
+/// - absent: set to the stored id, or, with none stored, to a new one from
+///   [`generate_tuple_id`], which becomes the record's.
+///
+/// Then the first element named `person` (if any) without an `id` gets the
+/// tuple element's id (the same value, as in C). The document is serialised
+/// again whether or not anything changed, as C does.
+///
+/// `stored_tuple`: the id stored for the record; `Some(b"")` counts as none
+/// (C only passes a stored id of non-zero length).
+pub fn presence(body: &[u8], stored_tuple: Option<&[u8]>) -> Result<Processed<'static>, BodyError> {
+    let stored = stored_tuple.filter(|t| !t.is_empty());
+    let doc = XmlDoc::parse(body)?;
+    let tuple = doc
+        .find(c"tuple")
+        .ok_or(BodyError::MissingElement("tuple"))?;
+    let (tuple_id, record_id) = match attr(tuple, c"id") {
+        Some(id) => {
+            let record = match stored {
+                Some(s) => s.to_vec(),
+                None if id.len() > MAX_TUPLE_ID_LEN => {
+                    return Err(BodyError::TupleIdTooLong(id.len()))
+                }
+                None => id.clone(),
+            };
+            (id, record)
+        }
+        None => {
+            let id = match stored {
+                Some(s) => s.to_vec(),
+                None => generate_tuple_id().into_bytes(),
+            };
+            set_attr(tuple, c"id", &id)?;
+            (id.clone(), id)
+        }
+    };
+    if let Some(person) = doc.find(c"person") {
+        if attr(person, c"id").is_none() {
+            set_attr(person, c"id", &tuple_id)?;
+        }
+    }
+    Ok(Processed {
+        body: Cow::Owned(doc.dump()?),
+        tuple_id: Some(record_id),
+    })
+}
+
+/// C's `bla_process_body` (dialog;sla always, dialog with
+/// `dlginfo_increase_version`): the `version` attribute of the first element
+/// named `dialog-info` (document order, any namespace, case-insensitive) is
+/// set to `ver` (replaced, or added when absent), and the document
+/// serialised again. Nothing else changes (not `state`, not `entity`); the
+/// tuple id is not involved.
+pub fn dialog_info_version(body: &[u8], ver: u32) -> Result<Processed<'static>, BodyError> {
+    set_version(body, c"dialog-info", "dialog-info", ver)
+}
+
+/// C's `reginfo_process_body` (reg with version increase): as
+/// [`dialog_info_version`] on the first element named `reginfo`.
+pub fn reginfo_version(body: &[u8], ver: u32) -> Result<Processed<'static>, BodyError> {
+    set_version(body, c"reginfo", "reginfo", ver)
+}
+
+fn set_version(
+    body: &[u8],
+    elem: &CStr,
+    name: &'static str,
+    ver: u32,
+) -> Result<Processed<'static>, BodyError> {
+    let doc = XmlDoc::parse(body)?;
+    let node = doc.find(elem).ok_or(BodyError::MissingElement(name))?;
+    set_attr(node, c"version", ver.to_string().as_bytes())?;
+    Ok(Processed {
+        body: Cow::Owned(doc.dump()?),
+        tuple_id: None,
+    })
+}
+
+/// A new tuple id for a record that has none: `pua<pid>-<time>-<n>` in
+/// lower-case hex (process id, nanoseconds since the epoch, a per-process
+/// counter), at most 45 bytes. Unique across the worker processes, restarts
+/// and calls, and a valid `xs:ID` (RFC 3863 types `tuple/@id` so; C's
+/// `0x…` starts with a digit). It is stable for the record because
+/// `send_publish` stores it and hands it back as the stored id.
+pub fn generate_tuple_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("pua{:x}-{:x}-{:x}", std::process::id(), nanos, n)
+}
+
+/// A parsed libxml2 document, freed on drop.
+struct XmlDoc(*mut xmlDoc);
+
+impl XmlDoc {
+    /// Parses `body` without network access nor error output.
+    fn parse(body: &[u8]) -> Result<XmlDoc, BodyError> {
+        if body.is_empty() {
+            return Err(BodyError::Empty);
+        }
+        let len = c_int::try_from(body.len()).map_err(|_| BodyError::TooLarge(body.len()))?;
+        static INIT: Once = Once::new();
+        // SAFETY: xmlInitParser takes no argument; libxml2 asks for it to be
+        // called once before parsing from several threads.
+        INIT.call_once(|| unsafe { xmlInitParser() });
+        // SAFETY: `body` is valid for `len` bytes (it need not be NUL-terminated);
+        // URL and encoding may be null. The result is null or a document we own.
+        let doc = unsafe {
+            xmlReadMemory(
+                body.as_ptr() as *const c_char,
+                len,
+                ptr::null(),
+                ptr::null(),
+                PARSE_OPTIONS,
+            )
+        };
+        if doc.is_null() {
+            Err(BodyError::Malformed)
+        } else {
+            Ok(XmlDoc(doc))
+        }
+    }
+
+    /// The first node named `name` (case-insensitive, any namespace), as C's
+    /// `xmlDocGetNodeByName(doc, name, NULL)`.
+    fn find(&self, name: &CStr) -> Option<*mut xmlNode> {
+        // SAFETY: self.0 is a valid document; `name` is NUL-terminated, the
+        // namespace null. The node lives as long as the document.
+        let n = unsafe { doc_node_by_name(self.0, name.as_ptr(), ptr::null()) };
+        (!n.is_null()).then_some(n)
+    }
+
+    /// The document serialised as C does (`xmlDocDumpFormatMemory`, format 1).
+    fn dump(&self) -> Result<Vec<u8>, BodyError> {
+        let mut mem: *mut xmlChar = ptr::null_mut();
+        let mut size: c_int = 0;
+        // SAFETY: self.0 is a valid document; both out-pointers are valid.
+        unsafe { xmlDocDumpFormatMemory(self.0, &mut mem, &mut size, 1) };
+        let out = match usize::try_from(size) {
+            Ok(n) if n > 0 && !mem.is_null() => {
+                // SAFETY: libxml2 wrote `size` bytes at `mem`.
+                Ok(unsafe { std::slice::from_raw_parts(mem, n) }.to_vec())
+            }
+            _ => Err(BodyError::Xml("xmlDocDumpFormatMemory")),
+        };
+        // SAFETY: `mem` is null or allocated by libxml2, not used after this.
+        unsafe { xml_free(mem as *mut c_void) };
+        out
+    }
+}
+
+impl Drop for XmlDoc {
+    fn drop(&mut self) {
+        // SAFETY: we own the document; no node of it outlives `self`.
+        unsafe { xmlFreeDoc(self.0) }
+    }
+}
+
+/// Frees memory libxml2 allocated, with libxml2's current free function.
+///
+/// # Safety
+/// `p` null or allocated by libxml2 and not used afterwards.
+unsafe fn xml_free(p: *mut c_void) {
+    if p.is_null() {
+        return;
+    }
+    let mut free: xmlFreeFunc = None;
+    // xmlMemGet accepts null for the functions we do not want.
+    if xmlMemGet(&mut free, ptr::null_mut(), ptr::null_mut(), ptr::null_mut()) == 0 {
+        if let Some(f) = free {
+            f(p);
+        }
+    }
+}
+
+/// The value of attribute `name` of `node` (name case-insensitive), as C's
+/// `xmlNodeGetAttrContentByName`; `None` when absent, and also when empty
+/// (where C has "").
+fn attr(node: *mut xmlNode, name: &CStr) -> Option<Vec<u8>> {
+    // SAFETY: `node` is an element of a live document; `name` NUL-terminated.
+    let v = unsafe { attr_content_by_name(node, name.as_ptr()) };
+    if v.is_null() {
+        return None;
+    }
+    // SAFETY: libxml2 returned a NUL-terminated string we own; freed once here.
+    let bytes = unsafe {
+        let b = CStr::from_ptr(v).to_bytes().to_vec();
+        xml_free(v as *mut c_void);
+        b
+    };
+    (!bytes.is_empty()).then_some(bytes)
+}
+
+/// Sets attribute `name` (no namespace) of `node` to `value`, replacing it.
+fn set_attr(node: *mut xmlNode, name: &CStr, value: &[u8]) -> Result<(), BodyError> {
+    let value = CString::new(value).map_err(|_| BodyError::InvalidTupleId)?;
+    // SAFETY: `node` is an element of a live document; libxml2 copies both strings.
+    let a = unsafe {
+        xmlSetProp(
+            node,
+            name.as_ptr() as *const xmlChar,
+            value.as_ptr() as *const xmlChar,
+        )
+    };
+    if a.is_null() {
+        Err(BodyError::Xml("xmlSetProp"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Processor;
+
+    /// RFC 3863 section 4.4 example, plus an RFC 4479 person without an id.
+    const PIDF: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf"
+    xmlns:im="urn:ietf:params:xml:ns:pidf:im"
+    xmlns:myex="http://id.example.com/presence/"
+    entity="pres:someone@example.com">
+  <tuple id="bs35r9">
+    <status>
+      <basic>open</basic>
+      <im:im>busy</im:im>
+      <myex:location>home</myex:location>
+    </status>
+    <contact priority="0.8">im:someone@mobilecarrier.net</contact>
+    <note xml:lang="en">Don't Disturb Please!</note>
+    <note xml:lang="fr">Ne derangez pas, s'il vous plait</note>
+    <timestamp>2001-10-27T16:49:29Z</timestamp>
+  </tuple>
+  <tuple id="eg92n8">
+    <status>
+      <basic>open</basic>
+    </status>
+    <contact priority="1.0">mailto:someone@example.com</contact>
+  </tuple>
+  <note>I'll be in Tokyo next week</note>
+</presence>
+"#;
+
+    /// A PIDF as pua_usrloc/pua_reginfo callers send it: tuple and person
+    /// without ids.
+    const PIDF_NO_ID: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<presence xmlns="urn:ietf:params:xml:ns:pidf"
+    xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
+    xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid"
+    entity="sip:alice@example.com">
+  <tuple>
+    <status><basic>open</basic></status>
+  </tuple>
+  <dm:person>
+    <rpid:activities><rpid:on-the-phone/></rpid:activities>
+  </dm:person>
+</presence>
+"#;
+
+    /// RFC 4235 section 6.2 example (partial dialog state).
+    const DIALOG: &str = r#"<?xml version="1.0"?>
+<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info"
+    version="1" state="partial"
+    entity="sip:alice@example.com">
+  <dialog id="as7d900as8" call-id="a84b4c76e66710" local-tag="1928301774"
+      direction="initiator">
+    <state event="replaced">terminated</state>
+  </dialog>
+  <dialog id="fkjh348f" call-id="a84b4c76e66710" local-tag="1928301774"
+      remote-tag="hh76a" direction="initiator">
+    <state>confirmed</state>
+  </dialog>
+</dialog-info>
+"#;
+
+    /// RFC 3680 section 6 example.
+    const REGINFO: &str = r#"<?xml version="1.0"?>
+<reginfo xmlns="urn:ietf:params:xml:ns:reginfo"
+    version="0" state="full">
+  <registration aor="sip:user@example.com" id="as9"
+      state="active">
+    <contact id="76" state="active" event="registered"
+        duration-registered="7322"
+        q="0.8">
+      <uri>sip:user@pc887.example.com</uri>
+    </contact>
+    <contact id="77" state="terminated" event="expired"
+        duration-registered="3600"
+        q="0.5">
+      <uri>sip:user@university.edu</uri>
+    </contact>
+  </registration>
+</reginfo>
+"#;
+
+    /// RFC 3842 section 5.2 example.
+    const MWI: &str = "Messages-Waiting: yes\r\n\
+Message-Account: sip:alice@vmail.example.com\r\n\
+Voice-Message: 2/8 (0/2)\r\n";
+
+    fn text(p: &Processed<'_>) -> String {
+        String::from_utf8(p.body.to_vec()).unwrap()
+    }
+
+    /// Parses a processed body again and returns the attribute `attr` of the
+    /// first element `elem`, checking the output is well-formed.
+    fn attr_of(body: &[u8], elem: &CStr, name: &CStr) -> Option<String> {
+        let doc = XmlDoc::parse(body).expect("output is well-formed");
+        let n = doc.find(elem)?;
+        attr(n, name).map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn presence_keeps_a_tuple_id_and_reports_it() {
+        let p = presence(PIDF.as_bytes(), None).unwrap();
+        assert_eq!(p.tuple_id.as_deref(), Some(&b"bs35r9"[..]));
+        assert!(p.is_rewritten());
+        assert_eq!(attr_of(&p.body, c"tuple", c"id").as_deref(), Some("bs35r9"));
+        let t = text(&p);
+        assert!(
+            t.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"),
+            "{t}"
+        );
+        assert!(t.contains("<tuple id=\"eg92n8\">"));
+        assert!(t.contains("Don't Disturb Please!"));
+    }
+
+    #[test]
+    fn presence_with_a_stored_id_keeps_the_body_id_and_the_stored_one() {
+        let p = presence(PIDF.as_bytes(), Some(b"stored7")).unwrap();
+        assert_eq!(p.tuple_id.as_deref(), Some(&b"stored7"[..]));
+        assert_eq!(attr_of(&p.body, c"tuple", c"id").as_deref(), Some("bs35r9"));
+        // A stored id longer than C's buffer is fine here.
+        let long = [b'x'; 80];
+        let p = presence(PIDF.as_bytes(), Some(&long)).unwrap();
+        assert_eq!(p.tuple_id.as_deref(), Some(&long[..]));
+    }
+
+    #[test]
+    fn presence_applies_the_stored_id_to_tuple_and_person() {
+        let p = presence(PIDF_NO_ID.as_bytes(), Some(b"a1b2")).unwrap();
+        assert_eq!(p.tuple_id.as_deref(), Some(&b"a1b2"[..]));
+        assert_eq!(attr_of(&p.body, c"tuple", c"id").as_deref(), Some("a1b2"));
+        assert_eq!(attr_of(&p.body, c"person", c"id").as_deref(), Some("a1b2"));
+        assert!(text(&p).contains("<dm:person id=\"a1b2\">"), "{}", text(&p));
+        // An empty stored id counts as none.
+        let q = presence(PIDF_NO_ID.as_bytes(), Some(b"")).unwrap();
+        assert_ne!(q.tuple_id.as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn presence_generates_an_id_once_then_reuses_the_stored_one() {
+        let first = presence(PIDF_NO_ID.as_bytes(), None).unwrap();
+        let id = first.tuple_id.clone().unwrap();
+        let id_s = String::from_utf8(id.clone()).unwrap();
+        assert!(
+            id_s.starts_with("pua") && id_s.len() <= MAX_TUPLE_ID_LEN,
+            "{id_s}"
+        );
+        assert_eq!(
+            attr_of(&first.body, c"tuple", c"id").as_deref(),
+            Some(id_s.as_str())
+        );
+        assert_eq!(
+            attr_of(&first.body, c"person", c"id").as_deref(),
+            Some(id_s.as_str())
+        );
+        // The next PUBLISH of the record: send_publish hands back the stored id.
+        let second = presence(PIDF_NO_ID.as_bytes(), Some(&id)).unwrap();
+        assert_eq!(second.tuple_id.as_deref(), Some(&id[..]));
+        assert_eq!(second.body, first.body);
+        // Another record gets another id.
+        let other = presence(PIDF_NO_ID.as_bytes(), None).unwrap();
+        assert_ne!(other.tuple_id, first.tuple_id);
+    }
+
+    #[test]
+    fn generated_ids_are_unique_ncnames() {
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| generate_tuple_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert!(id.as_bytes()[0].is_ascii_alphabetic());
+            assert!(
+                id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+                "{id}"
+            );
+            assert!(id.len() <= 45);
+        }
+    }
+
+    #[test]
+    fn presence_person_id_is_kept_when_present() {
+        let body = PIDF_NO_ID.replace("<dm:person>", "<dm:person id=\"p7\">");
+        let p = presence(body.as_bytes(), Some(b"t9")).unwrap();
+        assert_eq!(attr_of(&p.body, c"person", c"id").as_deref(), Some("p7"));
+        assert_eq!(attr_of(&p.body, c"tuple", c"id").as_deref(), Some("t9"));
+        // The person gets the body's tuple id when the tuple has one.
+        let body = PIDF_NO_ID.replace("<tuple>", "<tuple id=\"tb\">");
+        let p = presence(body.as_bytes(), Some(b"stored")).unwrap();
+        assert_eq!(attr_of(&p.body, c"person", c"id").as_deref(), Some("tb"));
+        assert_eq!(p.tuple_id.as_deref(), Some(&b"stored"[..]));
+    }
+
+    #[test]
+    fn presence_attribute_names_compare_case_insensitively_like_c() {
+        let body = PIDF_NO_ID
+            .replace("<tuple>", "<TUPLE ID=\"up\">")
+            .replace("</tuple>", "</TUPLE>");
+        let p = presence(body.as_bytes(), None).unwrap();
+        assert_eq!(p.tuple_id.as_deref(), Some(&b"up"[..]));
+        assert!(!text(&p).contains("id=\"up\" id="));
+    }
+
+    #[test]
+    fn presence_replaces_an_empty_id() {
+        let body = PIDF_NO_ID.replace("<tuple>", "<tuple id=\"\">");
+        let p = presence(body.as_bytes(), Some(b"s1")).unwrap();
+        let t = text(&p);
+        assert!(t.contains("<tuple id=\"s1\">"), "{t}");
+        assert_eq!(
+            t.matches(" id=").count(),
+            2,
+            "tuple and person once each: {t}"
+        );
+    }
+
+    #[test]
+    fn presence_refuses_a_long_body_id_without_stored_one() {
+        let long = "y".repeat(MAX_TUPLE_ID_LEN + 1);
+        let body = PIDF_NO_ID.replace("<tuple>", &format!("<tuple id=\"{long}\">"));
+        assert_eq!(
+            presence(body.as_bytes(), None),
+            Err(BodyError::TupleIdTooLong(50))
+        );
+        let ok = "y".repeat(MAX_TUPLE_ID_LEN);
+        let body = PIDF_NO_ID.replace("<tuple>", &format!("<tuple id=\"{ok}\">"));
+        assert!(presence(body.as_bytes(), None).is_ok());
+    }
+
+    #[test]
+    fn presence_errors() {
+        assert_eq!(presence(b"", None), Err(BodyError::Empty));
+        assert_eq!(
+            presence(b"<presence><tuple id='x'>", None),
+            Err(BodyError::Malformed)
+        );
+        assert_eq!(presence(b"not xml at all", None), Err(BodyError::Malformed));
+        let no_tuple = br#"<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@b"><note>x</note></presence>"#;
+        assert_eq!(
+            presence(no_tuple, None),
+            Err(BodyError::MissingElement("tuple"))
+        );
+        assert_eq!(
+            presence(PIDF_NO_ID.as_bytes(), Some(b"a\0b")),
+            Err(BodyError::InvalidTupleId)
+        );
+        // A NUL inside the body is not XML.
+        let mut nul = PIDF.as_bytes().to_vec();
+        nul[60] = 0;
+        assert_eq!(presence(&nul, None), Err(BodyError::Malformed));
+        for e in [
+            BodyError::Empty,
+            BodyError::MissingElement("tuple"),
+            BodyError::TupleIdTooLong(60),
+        ] {
+            assert!(!e.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn dialog_version_is_set_to_ver() {
+        let p = dialog_info_version(DIALOG.as_bytes(), 42).unwrap();
+        assert_eq!(
+            attr_of(&p.body, c"dialog-info", c"version").as_deref(),
+            Some("42")
+        );
+        assert_eq!(p.tuple_id, None);
+        let t = text(&p);
+        assert_eq!(t.matches("version=\"42\"").count(), 1, "{t}");
+        assert!(t.contains("state=\"partial\"") && t.contains("entity=\"sip:alice@example.com\""));
+        assert!(t.contains("<dialog id=\"fkjh348f\""));
+        // A new record: ver 0; a missing version attribute is added.
+        let no_ver = DIALOG.replace("version=\"1\" ", "");
+        let p = dialog_info_version(no_ver.as_bytes(), 0).unwrap();
+        assert_eq!(
+            attr_of(&p.body, c"dialog-info", c"version").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            dialog_info_version(DIALOG.as_bytes(), u32::MAX).map(|p| attr_of(
+                &p.body,
+                c"dialog-info",
+                c"version"
+            )),
+            Ok(Some("4294967295".into()))
+        );
+    }
+
+    #[test]
+    fn output_is_what_c_serialises() {
+        // What xmlParseMemory + xmlSetProp + xmlDocDumpFormatMemory(.., 1)
+        // give in C for this body (checked with a C program on libxml2 2.9.14).
+        let input = r#"<?xml version="1.0"?>
+<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info"
+    version="1" state="partial"
+    entity="sip:alice@example.com">
+  <dialog id="as7d900as8" call-id="a84b4c76e66710" local-tag="1928301774"
+      direction="initiator">
+    <state event="replaced">terminated</state>
+  </dialog>
+</dialog-info>
+"#;
+        let c = r#"<?xml version="1.0"?>
+<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="42" state="partial" entity="sip:alice@example.com">
+  <dialog id="as7d900as8" call-id="a84b4c76e66710" local-tag="1928301774" direction="initiator">
+    <state event="replaced">terminated</state>
+  </dialog>
+</dialog-info>
+"#;
+        assert_eq!(text(&dialog_info_version(input.as_bytes(), 42).unwrap()), c);
+    }
+
+    #[test]
+    fn dialog_without_version_increase_passes_through() {
+        let p = process(Processor::Dialog, DIALOG.as_bytes(), 42, None).unwrap();
+        assert!(!p.is_rewritten());
+        assert_eq!(&*p.body, DIALOG.as_bytes());
+        assert_eq!(p.tuple_id, None);
+        // Even something that is not XML: C does not look at it.
+        assert_eq!(
+            &*process(Processor::Dialog, b"<<<", 1, None).unwrap().body,
+            b"<<<"
+        );
+    }
+
+    #[test]
+    fn dialog_errors() {
+        assert_eq!(dialog_info_version(b"", 1), Err(BodyError::Empty));
+        assert_eq!(
+            dialog_info_version(b"<dialog-info version='1'>", 1),
+            Err(BodyError::Malformed)
+        );
+        assert_eq!(
+            dialog_info_version(REGINFO.as_bytes(), 1),
+            Err(BodyError::MissingElement("dialog-info"))
+        );
+    }
+
+    #[test]
+    fn bla_sets_the_version_only() {
+        let p = process(Processor::Bla, DIALOG.as_bytes(), 3, Some(b"t")).unwrap();
+        assert_eq!(
+            attr_of(&p.body, c"dialog-info", c"version").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            attr_of(&p.body, c"dialog-info", c"entity").as_deref(),
+            Some("sip:alice@example.com")
+        );
+        assert_eq!(
+            attr_of(&p.body, c"dialog-info", c"state").as_deref(),
+            Some("partial")
+        );
+    }
+
+    #[test]
+    fn reginfo_version_is_set_to_ver() {
+        let p = reginfo_version(REGINFO.as_bytes(), 5).unwrap();
+        assert_eq!(
+            attr_of(&p.body, c"reginfo", c"version").as_deref(),
+            Some("5")
+        );
+        assert_eq!(attr_of(&p.body, c"contact", c"id").as_deref(), Some("76"));
+        assert_eq!(text(&p).matches("version=\"5\"").count(), 1);
+        let p = process(Processor::ReginfoVersioned, REGINFO.as_bytes(), 9, None).unwrap();
+        assert_eq!(
+            attr_of(&p.body, c"reginfo", c"version").as_deref(),
+            Some("9")
+        );
+        // Without the increase (Processor::Dialog for reg): untouched.
+        let p = process(Processor::Dialog, REGINFO.as_bytes(), 9, None).unwrap();
+        assert_eq!(&*p.body, REGINFO.as_bytes());
+        assert_eq!(
+            reginfo_version(DIALOG.as_bytes(), 1),
+            Err(BodyError::MissingElement("reginfo"))
+        );
+        assert_eq!(reginfo_version(b"", 1), Err(BodyError::Empty));
+        assert_eq!(reginfo_version(b"<reginfo", 1), Err(BodyError::Malformed));
+    }
+
+    #[test]
+    fn mwi_passes_through() {
+        let p = process(Processor::Mwi, MWI.as_bytes(), 4, None).unwrap();
+        assert!(!p.is_rewritten());
+        assert_eq!(&*p.body, MWI.as_bytes());
+        assert_eq!(passthrough(MWI.as_bytes()), p);
+        assert_eq!(
+            &*process(Processor::None, b"x", 0, None).unwrap().body,
+            b"x"
+        );
+    }
+
+    #[test]
+    fn dispatch_follows_the_processor() {
+        let p = process(Processor::Presence, PIDF_NO_ID.as_bytes(), 7, Some(b"z")).unwrap();
+        assert_eq!(attr_of(&p.body, c"tuple", c"id").as_deref(), Some("z"));
+        let p = process(Processor::DialogVersioned, DIALOG.as_bytes(), 7, None).unwrap();
+        assert_eq!(
+            attr_of(&p.body, c"dialog-info", c"version").as_deref(),
+            Some("7")
+        );
+        for e in crate::events::builtin_events(false, false) {
+            if e.3 != Processor::Presence && e.3 != Processor::Bla {
+                assert!(
+                    !process(e.3, DIALOG.as_bytes(), 1, None)
+                        .unwrap()
+                        .is_rewritten(),
+                    "{}",
+                    e.1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_input_does_not_panic_nor_reach_out() {
+        // External DTD and entity over the network: not fetched (NONET, no
+        // DTD loading), the entity is not substituted.
+        let xxe = br#"<?xml version="1.0"?>
+<!DOCTYPE presence SYSTEM "http://192.0.2.1/pidf.dtd" [
+  <!ENTITY ext SYSTEM "file:///etc/passwd">
+]>
+<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="sip:a@b"><tuple><note>&ext;</note></tuple></presence>"#;
+        let p = presence(xxe, Some(b"q")).unwrap();
+        assert!(!text(&p).contains("root:"));
+        // Entity expansion bomb: refused or bounded by libxml2.
+        let mut bomb =
+            String::from("<?xml version=\"1.0\"?><!DOCTYPE d [<!ENTITY a0 \"xxxxxxxxxx\">");
+        for i in 1..12 {
+            let prev = format!("&a{};", i - 1);
+            bomb.push_str(&format!("<!ENTITY a{i} \"{}\">", prev.repeat(10)));
+        }
+        bomb.push_str("]><dialog-info version=\"1\">&a11;</dialog-info>");
+        let _ = dialog_info_version(bomb.as_bytes(), 1);
+        // Deep nesting.
+        let deep = format!("{}{}", "<a>".repeat(100_000), "</a>".repeat(100_000));
+        assert!(presence(deep.as_bytes(), None).is_err());
+        // Truncations and byte mutations of real bodies.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for src in [PIDF, PIDF_NO_ID, DIALOG, REGINFO] {
+            let b = src.as_bytes();
+            for cut in (0..b.len()).step_by(7) {
+                let _ = presence(&b[..cut], None);
+                let _ = dialog_info_version(&b[..cut], 1);
+                let _ = reginfo_version(&b[..cut], 1);
+            }
+            for _ in 0..300 {
+                let mut m = b.to_vec();
+                for _ in 0..4 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let i = (seed as usize) % m.len();
+                    m[i] = (seed >> 32) as u8;
+                }
+                let _ = presence(&m, None);
+                let _ = dialog_info_version(&m, 2);
+                let _ = reginfo_version(&m, 2);
+            }
+        }
+    }
+
+    #[test]
+    fn concurrent_use_from_threads() {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    for v in 0..50u32 {
+                        let p = presence(PIDF_NO_ID.as_bytes(), None).unwrap();
+                        assert!(p.tuple_id.is_some());
+                        let d = dialog_info_version(DIALOG.as_bytes(), v + i).unwrap();
+                        assert!(text(&d).contains(&format!("version=\"{}\"", v + i)));
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    }
+}
