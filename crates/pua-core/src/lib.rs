@@ -19,6 +19,7 @@ pub mod libxml;
 pub mod lock;
 pub mod log;
 pub mod params;
+pub mod publish;
 pub mod shm;
 pub mod table;
 #[cfg(any(test, feature = "test-arena"))]

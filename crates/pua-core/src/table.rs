@@ -43,10 +43,77 @@ impl Rec {
     pub fn as_ptr(self) -> *mut ua_pres_t {
         self.0.as_ptr()
     }
+
+    /// Takes back a pointer that came from [`Rec::as_ptr`] (e.g. tm's
+    /// callback parameter or an `Ext` list); `None` for null.
+    ///
+    /// # Safety
+    /// `p` must be null or a block built by [`RecordData::to_shm`].
+    pub unsafe fn from_ptr(p: *mut ua_pres_t) -> Option<Rec> {
+        NonNull::new(p).map(Rec)
+    }
 }
 
 // SAFETY: a pointer into shm, valid in every process; access is under bucket locks.
 unsafe impl Send for Rec {}
+
+/// Engine state kept right after the `ua_pres_t` in every block we build
+/// (never in a consumer's `ua_pres_t`). For a table record it says whether
+/// a request is in flight and what waits; for a request block (the tm
+/// callback parameter) what was sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ext {
+    /// Record: 1 while a request is in flight (or scheduled for a retry).
+    pub state: u32,
+    /// Record: bumped per request; a request carries the value it was sent with.
+    pub gen: u32,
+    /// Request: retries so far (412, 423, 5xx, local timeout).
+    pub retries: u32,
+    /// Record: when the scheduled retry (`retry_req`) is due (0: none).
+    pub retry_at: u32,
+    /// Request: a `publish::Kind` (or a subscribe kind).
+    pub kind: u32,
+    /// Request: the Expires asked.
+    pub asked: u32,
+    /// Bit flags (`EXT_*`).
+    pub flags: u32,
+    /// Record: when the in-flight request was sent.
+    pub sent_at: u32,
+    /// Record: requests waiting for the one in flight (linked by `next`).
+    pub pending: *mut ua_pres_t,
+    /// Record: a request to send again at `retry_at`.
+    pub retry_req: *mut ua_pres_t,
+}
+
+impl Default for Ext {
+    fn default() -> Self {
+        Ext {
+            state: 0,
+            gen: 0,
+            retries: 0,
+            retry_at: 0,
+            kind: 0,
+            asked: 0,
+            flags: 0,
+            sent_at: 0,
+            pending: ptr::null_mut(),
+            retry_req: ptr::null_mut(),
+        }
+    }
+}
+
+/// `Ext::flags`: the local timeout of this record was logged already.
+pub const EXT_TIMEOUT_LOGGED: u32 = 1;
+/// `Ext::flags`: this request was retried after a 423 already.
+pub const EXT_HAD_423: u32 = 2;
+
+/// Header of every block: the C struct, then our state.
+#[repr(C)]
+struct Block {
+    pres: ua_pres_t,
+    ext: Ext,
+}
 
 /// The owned values of a record, used to build its shm block.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,7 +142,12 @@ pub struct RecordData {
     pub record_route: Vec<u8>,
     pub remote_contact: Vec<u8>,
     pub contact: Vec<u8>,
+    /// Engine state (not part of a consumer's `ua_pres_t`).
+    pub ext: Ext,
 }
+
+// SAFETY: `Ext`'s pointers are shm addresses only dereferenced under locks.
+unsafe impl Send for RecordData {}
 
 fn opt(p: *const str_) -> Option<Vec<u8>> {
     // SAFETY: callers pass records whose str pointers are null or valid.
@@ -114,12 +186,21 @@ impl RecordData {
             record_route: str_bytes(&r.record_route).to_vec(),
             remote_contact: str_bytes(&r.remote_contact).to_vec(),
             contact: str_bytes(&r.contact).to_vec(),
+            ext: Ext::default(),
         }
+    }
+
+    /// As [`RecordData::from_record`], with the engine state of our block.
+    pub fn from_rec(r: Rec) -> RecordData {
+        // SAFETY: `Rec`s are blocks built by `to_shm`, strings included.
+        let mut d = unsafe { RecordData::from_record(r.0.as_ref()) };
+        d.ext = *ext_of(r);
+        d
     }
 
     /// Builds the record as one shm block; `None` when shm is exhausted.
     pub fn to_shm(&self) -> Option<Rec> {
-        let mut b = BlockBuilder::new(std::mem::size_of::<ua_pres_t>());
+        let mut b = BlockBuilder::new(std::mem::size_of::<Block>());
         let inline = [
             &self.id,
             &self.etag,
@@ -188,6 +269,7 @@ impl RecordData {
                 remote_contact: s[8],
                 contact: s[9],
             });
+            (*(r as *mut Block)).ext = self.ext;
         }
         NonNull::new(r).map(Rec)
     }
@@ -199,6 +281,16 @@ impl RecordData {
             self.watcher_uri.as_deref().filter(|w| !w.is_empty()),
         )
     }
+}
+
+/// The engine state of a block built by [`RecordData::to_shm`]. For a table
+/// record, only touch it with the bucket locked; a request block belongs to
+/// whoever holds it (tm's callback parameter).
+#[allow(clippy::mut_from_ref)]
+pub fn ext_of<'a>(r: Rec) -> &'a mut Ext {
+    // SAFETY: every `Rec` is a `Block` (to_shm is the only constructor);
+    // exclusivity is the caller's protocol (bucket lock or ownership).
+    unsafe { &mut (*(r.as_ptr() as *mut Block)).ext }
 }
 
 /// Frees a record block made by [`RecordData::to_shm`].
@@ -470,7 +562,7 @@ pub mod dialog {
 mod tests {
     use super::*;
     use crate::flags::*;
-    use crate::testing::{fork_child, global_arena};
+    use crate::testing::{fork_child, global_arena, live_here};
 
     fn publ(uri: &str, id: &str) -> RecordData {
         RecordData {
@@ -515,9 +607,9 @@ mod tests {
 
     #[test]
     fn insert_find_replace_delete() {
-        let arena = global_arena();
+        global_arena();
         let t = Table::new(16).unwrap();
-        let before = arena.live();
+        let before = live_here();
         for i in 0..200 {
             t.insert(&publ(&format!("sip:u{i}@x"), "ul")).unwrap();
         }
@@ -543,10 +635,14 @@ mod tests {
             assert!(!b.unlink(r));
         }
         assert_eq!(t.len(), 199);
-        assert_eq!(arena.live() - before, 199);
+        assert_eq!(live_here() - before, 199);
         // SAFETY: nobody else uses this table.
         unsafe { t.destroy() };
-        assert_eq!(arena.live(), before - 1);
+        assert_eq!(
+            live_here(),
+            before - 1,
+            "destroy frees every record and the buckets"
+        );
     }
 
     /// Records inserted by one process (a forked "worker") are seen, and can

@@ -78,17 +78,30 @@ impl SharedArena {
     }
 }
 
+thread_local! {
+    /// Allocations minus frees made by this thread (tests run in parallel
+    /// threads sharing one arena, so leak checks count per thread).
+    static LIVE_HERE: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+/// Allocations not yet freed, counting only this thread's calls.
+pub fn live_here() -> i64 {
+    LIVE_HERE.with(|c| c.get())
+}
+
 impl ShmAllocator for SharedArena {
     fn alloc(&self, size: usize) -> *mut u8 {
         let p = self.alloc_raw(size);
         if !p.is_null() {
             self.head().live.fetch_add(1, Ordering::SeqCst);
+            LIVE_HERE.with(|c| c.set(c.get() + 1));
         }
         p
     }
     unsafe fn free(&self, p: *mut u8) {
         if !p.is_null() {
             self.head().live.fetch_sub(1, Ordering::SeqCst);
+            LIVE_HERE.with(|c| c.set(c.get() - 1));
         }
     }
 }

@@ -1,0 +1,405 @@
+//! Pure logic of the PUBLISH engine (RFC 3903): the headers of a request,
+//! the Expires values, and what a reply means. The engine itself (tm,
+//! table, callbacks) is in the `pua` crate's `publish` module.
+
+/// What a PUBLISH does to its publication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Kind {
+    /// A new publication (no SIP-If-Match, with a body).
+    Initial = 1,
+    /// New state for an existing publication (If-Match and a body).
+    Modify = 2,
+    /// Extends an existing publication (If-Match, no body).
+    Refresh = 3,
+    /// Ends it (If-Match, Expires: 0, no body).
+    Remove = 4,
+}
+
+impl Kind {
+    pub fn from_u32(v: u32) -> Option<Kind> {
+        match v {
+            1 => Some(Kind::Initial),
+            2 => Some(Kind::Modify),
+            3 => Some(Kind::Refresh),
+            4 => Some(Kind::Remove),
+            _ => None,
+        }
+    }
+}
+
+/// Max-Forwards of the requests we originate (hash.h's MAX_FORWARD).
+pub const MAX_FORWARDS: u32 = 70;
+
+/// The Expires to ask for: `publ->expires` -1 means `default_expires`, 0
+/// removes, anything else is asked as is but not below `min_expires`.
+/// (The C module asks one second more than it was asked.)
+pub fn asked_expires(publ_expires: i32, default_expires: u32, min_expires: u32) -> u32 {
+    match publ_expires {
+        0 => 0,
+        e if e < 0 => default_expires.max(min_expires).max(1),
+        e => (e as u32).max(min_expires),
+    }
+}
+
+/// `desired_expires` of a record: when the consumer wants it to end
+/// (absolute), 0 for "until removed".
+pub fn desired_expires(publ_expires: i32, now: u32) -> u32 {
+    if publ_expires < 0 {
+        0
+    } else {
+        now.saturating_add(publ_expires as u32)
+    }
+}
+
+/// The Expires of a refresh: what is left of the desired lifetime, or
+/// `default_expires` for a publication that lives until removed.
+pub fn refresh_expires(desired: u32, now: u32, default_expires: u32, min_expires: u32) -> u32 {
+    if desired == 0 {
+        default_expires
+    } else {
+        desired.saturating_sub(now).max(min_expires).max(1)
+    }
+}
+
+/// Whether the cleanup pass should refresh a record (rather than let it run
+/// out): it ends within `update_period` and its consumer wants it longer.
+pub fn needs_refresh(
+    expires: u32,
+    desired: u32,
+    now: u32,
+    update_period: u32,
+    min_expires: u32,
+) -> bool {
+    expires.saturating_sub(update_period) < now
+        && (desired == 0 || desired > expires.saturating_add(min_expires))
+}
+
+/// The headers of a PUBLISH (CRLF after each; no fixed-size buffer).
+pub fn build_headers(
+    event: &[u8],
+    expires: u32,
+    etag: Option<&[u8]>,
+    content_type: Option<&[u8]>,
+    extra_headers: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut h = Vec::with_capacity(
+        96 + event.len()
+            + etag.map_or(0, <[u8]>::len)
+            + content_type.map_or(0, <[u8]>::len)
+            + extra_headers.map_or(0, <[u8]>::len),
+    );
+    h.extend_from_slice(format!("Max-Forwards: {MAX_FORWARDS}\r\nEvent: ").as_bytes());
+    h.extend_from_slice(event);
+    h.extend_from_slice(format!("\r\nExpires: {expires}\r\n").as_bytes());
+    if let Some(e) = etag {
+        h.extend_from_slice(b"SIP-If-Match: ");
+        h.extend_from_slice(e);
+        h.extend_from_slice(b"\r\n");
+    }
+    if let Some(ct) = content_type {
+        h.extend_from_slice(b"Content-Type: ");
+        h.extend_from_slice(ct);
+        h.extend_from_slice(b"\r\n");
+    }
+    if let Some(x) = extra_headers.filter(|x| !x.is_empty()) {
+        h.extend_from_slice(x);
+        if !x.ends_with(b"\r\n") {
+            h.extend_from_slice(b"\r\n");
+        }
+    }
+    h
+}
+
+/// Parses a delta-seconds header value (Expires, Min-Expires, Retry-After's
+/// leading number): digits only, surrounding whitespace allowed; anything
+/// else (`banana`, `-5`, empty) is `None`.
+pub fn parse_delta_seconds(v: &[u8]) -> Option<u32> {
+    let v = trim(v);
+    // Retry-After may carry a comment or parameters after the number.
+    let end = v
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(v.len());
+    let (digits, rest) = v.split_at(end);
+    if digits.is_empty() || digits.len() > 10 {
+        return None;
+    }
+    let rest = trim(rest);
+    if !(rest.is_empty() || rest.starts_with(b"(") || rest.starts_with(b";")) {
+        return None;
+    }
+    std::str::from_utf8(digits)
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .map(|n| n.min(u32::MAX as u64) as u32)
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let s = v
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let e = v
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(s, |p| p + 1);
+    &v[s..e]
+}
+
+/// The parts of a reply the engine looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplyInfo {
+    pub code: u32,
+    /// Raw header values (None when the header is absent).
+    pub expires: Option<Vec<u8>>,
+    pub etag: Option<Vec<u8>>,
+    pub min_expires: Option<Vec<u8>>,
+    pub retry_after: Option<Vec<u8>>,
+}
+
+/// Retries we allow per request for 412, 423 and 5xx.
+pub const MAX_RETRIES: u32 = 3;
+/// The longest Retry-After we wait for; above it the failure is final.
+pub const MAX_RETRY_AFTER: u32 = 3600;
+
+/// What to do with a reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx with a usable Expires (> 0) and SIP-ETag: store them.
+    Stored { etag: Vec<u8>, expires: u32 },
+    /// 2xx with Expires: 0: the publication is gone.
+    Removed,
+    /// No reply (tm's local timeout): keep the record, retry at the next pass.
+    LocalTimeout,
+    /// 412: the server lost the publication: publish it anew (initial).
+    Republish,
+    /// 423: ask again with this Expires.
+    RetryWithExpires(u32),
+    /// 5xx with Retry-After: send again after this many seconds.
+    RetryAfter(u32),
+    /// Anything else: the publication failed; delete it.
+    Failed { reason: String },
+}
+
+/// Classifies a reply to a PUBLISH of kind `kind` that has been retried
+/// `retries` times (`had_423`: one of them answered a 423, which is retried
+/// only once). `None` info means tm's FAKED_REPLY (no reply).
+pub fn classify(info: Option<&ReplyInfo>, kind: Kind, retries: u32, had_423: bool) -> Outcome {
+    let Some(r) = info else {
+        return Outcome::LocalTimeout;
+    };
+    let can_retry = retries < MAX_RETRIES;
+    match r.code {
+        200..=299 => {
+            let Some(exp_raw) = r.expires.as_deref() else {
+                return Outcome::Failed {
+                    reason: format!("{} without Expires", r.code),
+                };
+            };
+            let Some(exp) = parse_delta_seconds(exp_raw) else {
+                return Outcome::Failed {
+                    reason: format!(
+                        "{} with an unparsable Expires '{}'",
+                        r.code,
+                        String::from_utf8_lossy(exp_raw)
+                    ),
+                };
+            };
+            if exp == 0 {
+                return Outcome::Removed;
+            }
+            match r.etag.as_deref().map(trim) {
+                Some(e) if !e.is_empty() => Outcome::Stored {
+                    etag: e.to_vec(),
+                    expires: exp,
+                },
+                _ => Outcome::Failed {
+                    reason: format!("{} without SIP-ETag", r.code),
+                },
+            }
+        }
+        412 if kind != Kind::Remove && kind != Kind::Initial && can_retry => Outcome::Republish,
+        423 if can_retry && !had_423 => {
+            match r.min_expires.as_deref().and_then(parse_delta_seconds) {
+                Some(m) if m > 0 => Outcome::RetryWithExpires(m),
+                _ => Outcome::Failed {
+                    reason: "423 without a usable Min-Expires".into(),
+                },
+            }
+        }
+        500..=599 if can_retry => match r.retry_after.as_deref().and_then(parse_delta_seconds) {
+            Some(s) if s <= MAX_RETRY_AFTER => Outcome::RetryAfter(s),
+            _ => Outcome::Failed {
+                reason: format!("{} without a usable Retry-After", r.code),
+            },
+        },
+        c => Outcome::Failed {
+            reason: format!("final reply {c}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_values() {
+        assert_eq!(asked_expires(-1, 3600, 0), 3600);
+        assert_eq!(asked_expires(0, 3600, 300), 0, "removal always asks 0");
+        assert_eq!(asked_expires(120, 3600, 0), 120, "no +1");
+        assert_eq!(asked_expires(120, 3600, 300), 300);
+        assert_eq!(desired_expires(-1, 1000), 0);
+        assert_eq!(desired_expires(60, 1000), 1060);
+        assert_eq!(refresh_expires(0, 1000, 3600, 0), 3600);
+        assert_eq!(refresh_expires(1500, 1000, 3600, 0), 500);
+        assert_eq!(refresh_expires(900, 1000, 3600, 0), 1);
+    }
+
+    #[test]
+    fn refresh_decision() {
+        // Ends within the period and wanted for ever.
+        assert!(needs_refresh(1050, 0, 1000, 100, 0));
+        // Ends later than a period away.
+        assert!(!needs_refresh(1200, 0, 1000, 100, 0));
+        // Wanted only until it ends anyway.
+        assert!(!needs_refresh(1050, 1050, 1000, 100, 0));
+        assert!(needs_refresh(1050, 2000, 1000, 100, 0));
+    }
+
+    #[test]
+    fn headers() {
+        let h = build_headers(b"presence", 3600, None, Some(b"application/pidf+xml"), None);
+        assert_eq!(
+            h,
+            b"Max-Forwards: 70\r\nEvent: presence\r\nExpires: 3600\r\nContent-Type: application/pidf+xml\r\n"
+        );
+        let long = vec![b'x'; 10_000];
+        let h = build_headers(b"dialog", 0, Some(&long), None, Some(b"X-A: 1"));
+        let s = String::from_utf8(h).unwrap();
+        assert!(s.contains("Expires: 0\r\n"));
+        assert!(s.contains(&format!("SIP-If-Match: {}\r\n", "x".repeat(10_000))));
+        assert!(s.ends_with("X-A: 1\r\n"));
+        assert!(!s.contains("Content-Type"));
+    }
+
+    #[test]
+    fn delta_seconds() {
+        assert_eq!(parse_delta_seconds(b" 3600 "), Some(3600));
+        assert_eq!(parse_delta_seconds(b"0"), Some(0));
+        assert_eq!(parse_delta_seconds(b"banana"), None);
+        assert_eq!(parse_delta_seconds(b"12banana"), None);
+        assert_eq!(parse_delta_seconds(b"-5"), None);
+        assert_eq!(parse_delta_seconds(b""), None);
+        assert_eq!(parse_delta_seconds(b"120 (maintenance)"), Some(120));
+        assert_eq!(parse_delta_seconds(b"30;duration=60"), Some(30));
+        assert_eq!(parse_delta_seconds(b"99999999999"), None);
+    }
+
+    fn reply(code: u32) -> ReplyInfo {
+        ReplyInfo {
+            code,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn classify_replies() {
+        let mut ok = reply(200);
+        ok.expires = Some(b"3600".to_vec());
+        ok.etag = Some(b"abc".to_vec());
+        assert_eq!(
+            classify(Some(&ok), Kind::Initial, 0, false),
+            Outcome::Stored {
+                etag: b"abc".to_vec(),
+                expires: 3600
+            }
+        );
+        ok.expires = Some(b"0".to_vec());
+        assert_eq!(
+            classify(Some(&ok), Kind::Remove, 0, false),
+            Outcome::Removed
+        );
+        ok.expires = Some(b"banana".to_vec());
+        assert!(matches!(
+            classify(Some(&ok), Kind::Modify, 0, false),
+            Outcome::Failed { .. }
+        ));
+        ok.expires = None;
+        assert!(matches!(
+            classify(Some(&ok), Kind::Modify, 0, false),
+            Outcome::Failed { .. }
+        ));
+        ok.expires = Some(b"60".to_vec());
+        ok.etag = None;
+        assert!(matches!(
+            classify(Some(&ok), Kind::Modify, 0, false),
+            Outcome::Failed { .. }
+        ));
+
+        assert_eq!(
+            classify(None, Kind::Refresh, 0, false),
+            Outcome::LocalTimeout
+        );
+        assert_eq!(
+            classify(Some(&reply(412)), Kind::Refresh, 0, false),
+            Outcome::Republish
+        );
+        assert_eq!(
+            classify(Some(&reply(412)), Kind::Modify, 2, false),
+            Outcome::Republish
+        );
+        assert!(
+            matches!(
+                classify(Some(&reply(412)), Kind::Modify, 3, false),
+                Outcome::Failed { .. }
+            ),
+            "bounded"
+        );
+        assert!(matches!(
+            classify(Some(&reply(412)), Kind::Remove, 0, false),
+            Outcome::Failed { .. }
+        ));
+
+        let mut r = reply(423);
+        r.min_expires = Some(b"1800".to_vec());
+        assert_eq!(
+            classify(Some(&r), Kind::Initial, 0, false),
+            Outcome::RetryWithExpires(1800)
+        );
+        assert!(
+            matches!(
+                classify(Some(&r), Kind::Initial, 1, true),
+                Outcome::Failed { .. }
+            ),
+            "423 retried once"
+        );
+        r.min_expires = None;
+        assert!(matches!(
+            classify(Some(&r), Kind::Initial, 0, false),
+            Outcome::Failed { .. }
+        ));
+
+        let mut r = reply(503);
+        r.retry_after = Some(b"5".to_vec());
+        assert_eq!(
+            classify(Some(&r), Kind::Refresh, 1, false),
+            Outcome::RetryAfter(5)
+        );
+        assert!(matches!(
+            classify(Some(&r), Kind::Refresh, 3, false),
+            Outcome::Failed { .. }
+        ));
+        r.retry_after = None;
+        assert!(matches!(
+            classify(Some(&r), Kind::Refresh, 0, false),
+            Outcome::Failed { .. }
+        ));
+        assert!(matches!(
+            classify(Some(&reply(404)), Kind::Initial, 0, false),
+            Outcome::Failed { .. }
+        ));
+    }
+}
