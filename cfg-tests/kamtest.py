@@ -373,23 +373,48 @@ class Kamailio:
         return procs
 
     # --- assertions ------------------------------------------------------
-    def check_workers_alive(self, settle=2.0):
-        """Every process core.psx lists is alive and a child of the main
-        process, both now and after `settle` seconds."""
-        for rnd in (0, 1):
-            check(self.alive(), "kamailio main process exited (status %s)\n%s"
-                  % (self.returncode, self.log_tail()))
-            procs = self.psx()
+    def check_workers_alive(self, settle=2.0, converge=5.0):
+        """Every process core.psx lists (but the main one) is a live child of
+        the main process and vice versa; then, `settle` seconds later, the
+        same set is still there (Kamailio does not respawn workers: a crash
+        shows as a missing PID, or as the main process exiting).  The first
+        comparison is retried for up to `converge` s, since late processes
+        may still be forking when the ctl socket first answers."""
+        def died():
+            # The main process shuts everything down when a child dies.
+            deadline = time.monotonic() + 3
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            return TestFailure("kamailio main process %s (status %s)\n%s" % (
+                "exited" if not self.alive() else "stopped answering",
+                self.returncode, self.log_tail()))
+
+        def snapshot():
+            if not self.alive():
+                raise died()
+            try:
+                procs = self.psx()
+            except TestFailure:
+                raise died()
             check(procs and procs[0][1] == self.pid,
                   "core.psx does not list main pid %d first: %r" % (self.pid, procs[:1]))
-            want = sorted(p for _, p, _ in procs[1:])
-            have = proc_children(self.pid)
-            check(want == have,
-                  "core.psx lists %d children %s, main pid %d has %d live children %s"
-                  % (len(want), want, self.pid, len(have), have))
-            if rnd == 0:
-                time.sleep(settle)
-        return procs
+            return procs, sorted(p for _, p, _ in procs[1:]), proc_children(self.pid)
+
+        deadline = time.monotonic() + converge
+        while True:
+            procs, want, have = snapshot()
+            if want == have or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        check(want == have,
+              "core.psx lists %d children %s, main pid %d has %d live children %s"
+              % (len(want), want, self.pid, len(have), have))
+        time.sleep(settle)
+        procs2, want2, have2 = snapshot()
+        check(want2 == want and have2 == have,
+              "workers changed within %.1f s: core.psx %s -> %s, children %s -> %s\n%s"
+              % (settle, want, want2, have, have2, self.log_tail()))
+        return procs2
 
     def check_pua_loaded(self):
         """The pua.so mapped into the main process is the copy under test."""
