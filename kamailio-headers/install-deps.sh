@@ -17,6 +17,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-# Debian starts a kamailio service on install; our tests run their own.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop kamailio 2>/dev/null || true; fi
-pkill -x kamailio 2>/dev/null || true
+# Debian may start its packaged kamailio service on install; our tests run
+# their own instances on free ports, so only that service is stopped (never
+# other Kamailio processes on the machine).
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet kamailio 2>/dev/null; then
+  systemctl stop kamailio || true
+elif [ -x /etc/init.d/kamailio ] && [ -f /run/kamailio/kamailio.pid ]; then
+  /etc/init.d/kamailio stop || true
+fi

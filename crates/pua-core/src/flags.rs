@@ -43,3 +43,9 @@ pub const UPDATE_TYPE: i32 = 1 << 2;
 
 /// send_publish's return for a new publication without a body.
 pub const ERR_PUBLISH_NO_BODY: i32 = -10;
+
+// ua_pres_t.ua_flag: who made a request. Consumer callbacks run only for
+// REQ_OTHER (requests a consumer asked for), not for the module's own
+// refreshes and retries (REQ_ME).
+pub const REQ_OTHER: i32 = 0;
+pub const REQ_ME: i32 = 1;

@@ -1,0 +1,1088 @@
+//! The PUBLISH engine's state machine over the shared table, independent of
+//! Kamailio: the host (the `pua` crate over tm, or a test double) sends
+//! requests, runs consumer callbacks and processes bodies.
+//!
+//! Rules (RFC 3903, and where the C module goes wrong):
+//! - one request in flight per publication; what a consumer asks while one
+//!   is in flight waits in the record's queue and is decided anew (with the
+//!   new etag) when the reply is in;
+//! - no bucket lock is held while sending or running consumer callbacks;
+//! - consumer callbacks run exactly once per consumer request, with the
+//!   final reply (after our own retries), or tm's FAKED_REPLY when there is
+//!   no usable reply;
+//! - 412 re-publishes the last body as an initial PUBLISH, 423 asks again
+//!   with Min-Expires, 5xx with Retry-After is sent again later, a local
+//!   timeout keeps the record and retries at the next pass, anything else
+//!   deletes the record (as C).
+
+use crate::events::{self, Event};
+use crate::flags::*;
+use crate::publish::{self, classify, Kind, Outcome, ReplyInfo};
+use crate::shm::{str_bytes, str_ptr_bytes};
+use crate::sys::{sip_msg, ua_pres_t};
+use crate::table::{
+    ext_of, free_record, BucketRef, Rec, RecordData, Table, EXT_HAD_423, EXT_TIMEOUT_LOGGED,
+};
+use crate::{lm_dbg, lm_err, lm_info, lm_warn};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// send_publish's answer for an If-Match etag that matches no publication.
+pub const ERR_WRONG_ETAG: i32 = 418;
+
+/// tm refused to send a request (the reason is in the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendError;
+
+/// What the engine needs from its host.
+pub trait Host {
+    fn now(&self) -> u32;
+    /// Sends request block `req` (its body, if any, is the processed body).
+    /// On `Ok` the host owns `req` until it hands it back to
+    /// [`Engine::on_reply`]; on `Err` the engine still owns it.
+    fn send(
+        &self,
+        req: Rec,
+        headers: &[u8],
+        body: Option<&[u8]>,
+        next_hop: Option<&[u8]>,
+    ) -> Result<(), SendError>;
+    /// Runs the consumer callbacks for `hentity` (a copy of the request)
+    /// with `msg` (a reply, or tm's FAKED_REPLY).
+    fn run_callbacks(&self, hentity: &RecordData, msg: *mut sip_msg);
+    /// The FAKED_REPLY value to hand to callbacks when there is no usable reply.
+    fn faked_reply(&self) -> *mut sip_msg;
+    /// Runs the event's body processor: (new body, tuple id for a record without one).
+    fn process_body(
+        &self,
+        ev: Event,
+        body: &[u8],
+        ver: i32,
+        tuple: Option<&[u8]>,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), String>;
+}
+
+/// Configuration the engine uses.
+#[derive(Clone, Debug)]
+pub struct EngineCfg {
+    pub default_expires: u32,
+    pub min_expires: u32,
+    pub update_period: u32,
+    /// The `outbound_proxy` parameter.
+    pub outbound_proxy: Option<Vec<u8>>,
+}
+
+/// Counters in shared memory, seen by every process.
+#[repr(C)]
+pub struct Shared {
+    /// Records with a retry scheduled (the retry timer skips its walk at 0).
+    pub scheduled: AtomicU32,
+}
+
+/// The engine: a handle (pointers into shm) valid in every process.
+#[derive(Clone)]
+pub struct Engine {
+    pub table: Table,
+    pub cfg: EngineCfg,
+    pub shared: &'static Shared,
+}
+
+/// What a pass did (timer, `pua.cleanup`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassStats {
+    pub records: usize,
+    pub refreshed: usize,
+    pub retried: usize,
+    pub expired_deleted: usize,
+    pub send_errors: usize,
+}
+
+/// A publication record's identity: what `search_htable` compares.
+fn same_publication(p: &ua_pres_t, q: &RecordData) -> bool {
+    // SAFETY: records and their strings are valid under the bucket lock.
+    let (uri, id, watcher) = unsafe {
+        (
+            str_ptr_bytes(p.pres_uri),
+            str_bytes(&p.id),
+            str_ptr_bytes(p.watcher_uri),
+        )
+    };
+    p.flag & q.flag != 0
+        && p.event & q.event != 0
+        && watcher.is_empty()
+        && uri == q.pres_uri.as_slice()
+        && (q.id.is_empty() || id == q.id.as_slice())
+}
+
+impl Engine {
+    fn bucket(&self, pres_uri: &[u8]) -> BucketRef<'_> {
+        self.table.lock(self.table.bucket_of(pres_uri, None))
+    }
+
+    fn find(b: &BucketRef<'_>, q: &RecordData, etag: Option<&[u8]>) -> Option<Rec> {
+        b.find(|p| {
+            // SAFETY: valid under the lock.
+            same_publication(p, q) && etag.is_none_or(|e| unsafe { str_bytes(&p.etag) } == e)
+        })
+    }
+
+    /// `send_publish`: `intent` carries the consumer's publ_info_t
+    /// (`ext.asked` = Expires to ask, 0 removes; `etag` = its If-Match, if
+    /// any; `body` raw). Returns 0, -1, [`ERR_WRONG_ETAG`] or
+    /// [`ERR_PUBLISH_NO_BODY`].
+    pub fn send_publish(&self, host: &dyn Host, intent: RecordData) -> i32 {
+        let Some(ev) = events::by_flag(intent.event) else {
+            lm_err!("send_publish: event {} is not registered", intent.event);
+            return -1;
+        };
+        if intent.pres_uri.is_empty() {
+            lm_err!("send_publish: empty presentity URI");
+            return -1;
+        }
+        match self.decide(host, ev, intent) {
+            Ok(Some(req)) => self.send_req(host, req),
+            Ok(None) => 0,
+            Err(code) => code,
+        }
+    }
+
+    /// Decides under the bucket lock; returns the request to send, if any.
+    fn decide(&self, host: &dyn Host, ev: Event, intent: RecordData) -> Result<Option<Rec>, i32> {
+        let now = host.now();
+        let mut b = self.bucket(&intent.pres_uri);
+        let if_match = (!intent.etag.is_empty()).then(|| intent.etag.clone());
+        let rec = Self::find(&b, &intent, if_match.as_deref());
+        if if_match.is_some() && rec.is_none() {
+            lm_dbg!("send_publish: no publication with the given etag");
+            return Err(ERR_WRONG_ETAG);
+        }
+        match rec {
+            Some(r) if ext_of(r).state != 0 => {
+                // One request in flight per publication (RFC 3903 4.1).
+                let mut queued = intent;
+                let asked = queued.ext.asked;
+                queued.ext = Default::default();
+                queued.ext.asked = asked;
+                let Some(q) = queued.to_shm() else {
+                    return Err(-1);
+                };
+                enqueue(ext_of(r), q);
+                lm_dbg!("send_publish: a request is in flight; queued");
+                Ok(None)
+            }
+            None => {
+                if intent.ext.asked == 0 {
+                    lm_dbg!("send_publish: removal of a publication we do not have");
+                    return Ok(None);
+                }
+                let Some(body) = intent.body.as_deref() else {
+                    lm_err!("send_publish: a new publication needs a body");
+                    return Err(ERR_PUBLISH_NO_BODY);
+                };
+                let (body, tuple) = host.process_body(ev, body, 0, None).map_err(|e| {
+                    lm_err!("send_publish: body rejected: {}", e);
+                    -1
+                })?;
+                let mut d = intent;
+                d.body = Some(body);
+                d.tuple_id = tuple.unwrap_or_default();
+                d.etag.clear();
+                d.expires = 0;
+                d.version = 0;
+                d.db_flag = INSERTDB_FLAG;
+                let asked = d.ext.asked;
+                d.ext = Default::default();
+                d.ext.state = 1;
+                d.ext.gen = 1;
+                d.ext.sent_at = now;
+                let (ua_flag, cb_param) = (d.ua_flag, d.cb_param);
+                let Some(r) = d.to_shm() else { return Err(-1) };
+                b.push(r);
+                let mut req = d;
+                req.ua_flag = ua_flag;
+                req.cb_param = cb_param;
+                req.ext = Default::default();
+                req.ext.kind = Kind::Initial as u32;
+                req.ext.asked = asked;
+                req.ext.gen = 1;
+                req.to_shm().map(Some).ok_or(-1)
+            }
+            Some(r) => {
+                let mut d = RecordData::from_rec(r);
+                let kind = if intent.ext.asked == 0 {
+                    Kind::Remove
+                } else if intent.body.is_some() {
+                    Kind::Modify
+                } else {
+                    Kind::Refresh
+                };
+                if let (Kind::Modify, Some(body)) = (kind, intent.body.as_deref()) {
+                    let ver = d.version.wrapping_add(1);
+                    let stored = (!d.tuple_id.is_empty()).then_some(d.tuple_id.as_slice());
+                    let (body, tuple) = host.process_body(ev, body, ver, stored).map_err(|e| {
+                        lm_err!("send_publish: body rejected: {}", e);
+                        -1
+                    })?;
+                    d.version = ver;
+                    if d.tuple_id.is_empty() {
+                        d.tuple_id = tuple.unwrap_or_default();
+                    }
+                    d.body = Some(body);
+                    if !intent.content_type.is_empty() {
+                        d.content_type = intent.content_type.clone();
+                    }
+                }
+                if kind != Kind::Remove {
+                    d.desired_expires = intent.desired_expires;
+                }
+                if intent.extra_headers.is_some() {
+                    d.extra_headers = intent.extra_headers.clone();
+                }
+                if intent.outbound_proxy.is_some() {
+                    d.outbound_proxy = intent.outbound_proxy.clone();
+                }
+                if d.db_flag & NO_UPDATEDB_FLAG != 0 {
+                    d.db_flag = UPDATEDB_FLAG;
+                }
+                d.ext.state = 1;
+                d.ext.gen = d.ext.gen.wrapping_add(1);
+                d.ext.sent_at = now;
+                let Some(nr) = d.to_shm() else { return Err(-1) };
+                b.replace(r, nr);
+                let mut req = d;
+                if kind != Kind::Modify {
+                    req.body = None;
+                }
+                req.ua_flag = intent.ua_flag;
+                req.cb_param = intent.cb_param;
+                let gen = req.ext.gen;
+                req.ext = Default::default();
+                req.ext.kind = kind as u32;
+                req.ext.asked = intent.ext.asked;
+                req.ext.gen = gen;
+                req.to_shm().map(Some).ok_or(-1)
+            }
+        }
+    }
+
+    /// Sends a request block (no lock held). On failure the record goes
+    /// back to idle (an initial one is dropped) and the block is freed.
+    fn send_req(&self, host: &dyn Host, req: Rec) -> i32 {
+        let d = RecordData::from_rec(req);
+        let kind = Kind::from_u32(d.ext.kind).unwrap_or(Kind::Refresh);
+        let Some(ev) = events::by_flag(d.event) else {
+            lm_err!("event {} vanished", d.event);
+            self.abandon(host, req, &d);
+            return -1;
+        };
+        let ct = d.body.as_ref().map(|_| {
+            if d.content_type.is_empty() {
+                ev.content_type().to_vec()
+            } else {
+                d.content_type.clone()
+            }
+        });
+        let etag = (kind != Kind::Initial).then_some(d.etag.as_slice());
+        let headers = publish::build_headers(
+            ev.name_bytes(),
+            d.ext.asked,
+            etag,
+            ct.as_deref(),
+            d.extra_headers.as_deref(),
+        );
+        let next_hop = d
+            .outbound_proxy
+            .as_deref()
+            .or(self.cfg.outbound_proxy.as_deref());
+        match host.send(req, &headers, d.body.as_deref(), next_hop) {
+            Ok(()) => 0,
+            Err(SendError) => {
+                lm_err!(
+                    "cannot send PUBLISH for {}",
+                    String::from_utf8_lossy(&d.pres_uri)
+                );
+                self.abandon(host, req, &d);
+                -1
+            }
+        }
+    }
+
+    /// A request that could not be sent: release its record.
+    fn abandon(&self, host: &dyn Host, req: Rec, d: &RecordData) {
+        let pending = {
+            let mut b = self.bucket(&d.pres_uri);
+            match b
+                .find(|p| same_publication(p, d))
+                .filter(|&r| ext_of(r).gen == d.ext.gen)
+            {
+                Some(r) if d.ext.kind == Kind::Initial as u32 && b.get(r).etag.len == 0 => {
+                    let p = take_pending(ext_of(r));
+                    b.delete(r);
+                    p
+                }
+                Some(r) => {
+                    ext_of(r).state = 0;
+                    take_pending(ext_of(r))
+                }
+                None => Vec::new(),
+            }
+        };
+        // SAFETY: the engine owns the block again (send failed).
+        unsafe { free_record(req) };
+        self.resubmit(host, pending);
+    }
+
+    /// The reply to request `req` (`reply` None: tm's FAKED_REPLY).
+    pub fn on_reply(
+        &self,
+        host: &dyn Host,
+        req: Rec,
+        reply: Option<&ReplyInfo>,
+        msg: *mut sip_msg,
+    ) {
+        let now = host.now();
+        let rd = RecordData::from_rec(req);
+        let kind = Kind::from_u32(rd.ext.kind).unwrap_or(Kind::Refresh);
+        let outcome = classify(reply, kind, rd.ext.retries, rd.ext.flags & EXT_HAD_423 != 0);
+        let mut final_reply = true;
+        let mut cb_msg = msg;
+        let mut keep_req = false;
+        let mut demote = false;
+        let mut next: Option<Rec> = None;
+        let mut pending = Vec::new();
+        {
+            let mut b = self.bucket(&rd.pres_uri);
+            let rec = b
+                .find(|p| same_publication(p, &rd))
+                .filter(|&r| ext_of(r).gen == rd.ext.gen);
+            match (&outcome, rec) {
+                (Outcome::Stored { etag, expires }, Some(r)) => {
+                    let mut d = RecordData::from_rec(r);
+                    d.etag = etag.clone();
+                    d.expires = now.saturating_add(*expires);
+                    d.ext.state = 0;
+                    d.ext.flags &= !EXT_TIMEOUT_LOGGED;
+                    if d.db_flag & NO_UPDATEDB_FLAG != 0 {
+                        d.db_flag = UPDATEDB_FLAG;
+                    }
+                    pending = take_pending(ext_of(r));
+                    match d.to_shm() {
+                        Some(nr) => {
+                            ext_of(nr).pending = std::ptr::null_mut();
+                            b.replace(r, nr);
+                        }
+                        None => {
+                            lm_err!("out of shm updating a publication; dropping it");
+                            b.delete(r);
+                        }
+                    }
+                }
+                (Outcome::Removed, Some(r)) => {
+                    pending = take_pending(ext_of(r));
+                    b.delete(r);
+                }
+                (Outcome::LocalTimeout, Some(r)) => {
+                    let e = ext_of(r);
+                    if e.flags & EXT_TIMEOUT_LOGGED == 0 {
+                        lm_warn!(
+                            "PUBLISH for {} got no reply; keeping the record and retrying at the next pass",
+                            String::from_utf8_lossy(&rd.pres_uri)
+                        );
+                        e.flags |= EXT_TIMEOUT_LOGGED;
+                    }
+                    let re = ext_of(req);
+                    re.retries = re.retries.saturating_add(1);
+                    // Retry at the next cleanup pass (every update_period - 5 s).
+                    let at = now.saturating_add(self.cfg.update_period.saturating_sub(5).max(1));
+                    self.schedule(e, req, at);
+                    keep_req = true;
+                    demote = true;
+                }
+                (Outcome::Republish, Some(r)) if b.get(r).body.is_null() => {
+                    lm_err!(
+                        "412 for {} and no body kept; dropping it",
+                        String::from_utf8_lossy(&rd.pres_uri)
+                    );
+                    pending = take_pending(ext_of(r));
+                    b.delete(r);
+                }
+                (Outcome::Republish, Some(r)) => {
+                    lm_info!(
+                        "412 for {}: the server lost the publication; publishing it anew",
+                        String::from_utf8_lossy(&rd.pres_uri)
+                    );
+                    let mut d = RecordData::from_rec(r);
+                    d.etag.clear();
+                    let e = ext_of(r);
+                    e.gen = e.gen.wrapping_add(1);
+                    e.sent_at = now;
+                    d.ua_flag = rd.ua_flag;
+                    d.cb_param = rd.cb_param;
+                    d.ext = Default::default();
+                    d.ext.kind = Kind::Initial as u32;
+                    d.ext.asked = if rd.ext.asked == 0 {
+                        self.cfg.default_expires
+                    } else {
+                        rd.ext.asked
+                    };
+                    d.ext.gen = e.gen;
+                    d.ext.retries = rd.ext.retries + 1;
+                    d.ext.flags = rd.ext.flags;
+                    match d.to_shm() {
+                        Some(n) => {
+                            // The record has no valid etag any more.
+                            let mut cleared = RecordData::from_rec(r);
+                            cleared.etag.clear();
+                            if let Some(nr) = cleared.to_shm() {
+                                b.replace(r, nr);
+                            }
+                            next = Some(n);
+                            final_reply = false;
+                        }
+                        None => {
+                            pending = take_pending(ext_of(r));
+                            b.delete(r);
+                        }
+                    }
+                }
+                (Outcome::RetryWithExpires(m), Some(r)) => {
+                    let e = ext_of(r);
+                    e.gen = e.gen.wrapping_add(1);
+                    e.sent_at = now;
+                    let re = ext_of(req);
+                    re.asked = *m;
+                    re.retries += 1;
+                    re.flags |= EXT_HAD_423;
+                    re.gen = e.gen;
+                    next = Some(req);
+                    keep_req = true;
+                    final_reply = false;
+                }
+                (Outcome::RetryAfter(s), Some(r)) => {
+                    lm_info!(
+                        "{} for {}: sending again in {} s",
+                        reply.map_or(0, |r| r.code),
+                        String::from_utf8_lossy(&rd.pres_uri),
+                        s
+                    );
+                    let re = ext_of(req);
+                    re.retries += 1;
+                    self.schedule(ext_of(r), req, now + s);
+                    keep_req = true;
+                    final_reply = false;
+                }
+                (Outcome::Failed { reason }, rec) => {
+                    lm_err!(
+                        "PUBLISH for {} failed: {}",
+                        String::from_utf8_lossy(&rd.pres_uri),
+                        reason
+                    );
+                    if reply.is_some_and(|r| (200..300).contains(&r.code)) {
+                        // A 2xx we cannot use: consumers must not read it as success
+                        // (pua_rpc reads Expires/SIP-ETag of a 200 unchecked).
+                        cb_msg = host.faked_reply();
+                    }
+                    if let Some(r) = rec {
+                        pending = take_pending(ext_of(r));
+                        b.delete(r);
+                    }
+                }
+                (_, None) => {
+                    lm_dbg!("reply for a publication that is gone: {:?}", outcome);
+                }
+            }
+        }
+        if final_reply && rd.ua_flag == REQ_OTHER {
+            host.run_callbacks(&rd, cb_msg);
+        }
+        if demote {
+            // The consumer has had its answer; the retry is our own.
+            // SAFETY: we own `req`; only its fixed-size fields change.
+            unsafe {
+                (*req.as_ptr()).ua_flag = REQ_ME;
+                (*req.as_ptr()).cb_param = std::ptr::null_mut();
+            }
+        }
+        if !keep_req {
+            // SAFETY: tm handed the block back; nobody else refers to it.
+            unsafe { free_record(req) };
+        }
+        if let Some(n) = next {
+            self.send_req(host, n);
+        }
+        self.resubmit(host, pending);
+    }
+
+    /// Parks `req` on the record for a retry at `at`.
+    fn schedule(&self, e: &mut crate::table::Ext, req: Rec, at: u32) {
+        if !e.retry_req.is_null() {
+            // SAFETY: a parked request owned by the record.
+            if let Some(old) = unsafe { Rec::from_ptr(e.retry_req) } {
+                // SAFETY: as above; replaced by the newer one.
+                unsafe { free_record(old) };
+            }
+        } else {
+            self.shared.scheduled.fetch_add(1, Ordering::AcqRel);
+        }
+        e.retry_req = req.as_ptr();
+        e.retry_at = at.max(1);
+        e.state = 1;
+    }
+
+    /// Decides queued requests anew, in order (the first goes out, the
+    /// next ones queue behind it again).
+    fn resubmit(&self, host: &dyn Host, pending: Vec<Rec>) {
+        for q in pending {
+            let d = RecordData::from_rec(q);
+            // SAFETY: dequeued blocks belong to us.
+            unsafe { free_record(q) };
+            let code = self.send_publish(host, d.clone());
+            if code != 0 && d.ua_flag == REQ_OTHER {
+                // The consumer was told 0 when it was queued; tell it now.
+                lm_err!(
+                    "queued PUBLISH for {} could not be sent ({})",
+                    String::from_utf8_lossy(&d.pres_uri),
+                    code
+                );
+                host.run_callbacks(&d, host.faked_reply());
+            }
+        }
+    }
+
+    /// The periodic pass: refresh what is about to expire, send due
+    /// retries, delete what expired. `refresh` false: retries only (the
+    /// 1-second retry timer).
+    pub fn pass(&self, host: &dyn Host, refresh: bool) -> PassStats {
+        let now = host.now();
+        let mut st = PassStats::default();
+        if !refresh && self.shared.scheduled.load(Ordering::Acquire) == 0 {
+            return st;
+        }
+        let period = self.cfg.update_period;
+        for i in 0..self.table.buckets() {
+            let mut to_send = Vec::new();
+            {
+                let mut b = self.table.lock(i);
+                let recs: Vec<Rec> = b.iter().collect();
+                for r in recs {
+                    st.records += 1;
+                    let e = ext_of(r);
+                    if !e.retry_req.is_null() {
+                        if e.retry_at <= now {
+                            // SAFETY: the parked request is owned by the record.
+                            if let Some(q) = unsafe { Rec::from_ptr(e.retry_req) } {
+                                e.retry_req = std::ptr::null_mut();
+                                e.retry_at = 0;
+                                self.shared.scheduled.fetch_sub(1, Ordering::AcqRel);
+                                e.gen = e.gen.wrapping_add(1);
+                                e.sent_at = now;
+                                ext_of(q).gen = e.gen;
+                                to_send.push(q);
+                                st.retried += 1;
+                            }
+                        }
+                        continue;
+                    }
+                    if !refresh {
+                        continue;
+                    }
+                    let p = b.get(r);
+                    if e.state != 0 {
+                        if e.sent_at.saturating_add(300) < now {
+                            lm_warn!("a PUBLISH got no reply for 300 s; releasing its record");
+                            e.state = 0;
+                        }
+                        continue;
+                    }
+                    if p.watcher_uri.is_null()
+                        && p.etag.len > 0
+                        && publish::needs_refresh(
+                            p.expires,
+                            p.desired_expires,
+                            now,
+                            period,
+                            self.cfg.min_expires,
+                        )
+                    {
+                        let mut d = RecordData::from_rec(r);
+                        e.state = 1;
+                        e.gen = e.gen.wrapping_add(1);
+                        e.sent_at = now;
+                        d.body = None;
+                        d.ua_flag = REQ_ME;
+                        d.cb_param = 0;
+                        d.ext = Default::default();
+                        d.ext.kind = Kind::Refresh as u32;
+                        d.ext.asked = publish::refresh_expires(
+                            d.desired_expires,
+                            now,
+                            self.cfg.default_expires,
+                            self.cfg.min_expires,
+                        );
+                        d.ext.gen = e.gen;
+                        match d.to_shm() {
+                            Some(q) => {
+                                to_send.push(q);
+                                st.refreshed += 1;
+                            }
+                            None => e.state = 0,
+                        }
+                    } else if p.watcher_uri.is_null() && p.expires < now.saturating_sub(10) {
+                        let pending = take_pending(e);
+                        b.delete(r);
+                        st.expired_deleted += 1;
+                        for q in pending {
+                            // SAFETY: queued blocks of a deleted record.
+                            unsafe { free_record(q) };
+                        }
+                    }
+                }
+            }
+            for q in to_send {
+                if self.send_req(host, q) != 0 {
+                    st.send_errors += 1;
+                }
+            }
+        }
+        st
+    }
+}
+
+/// Appends a request block to a record's queue. A waiting request without
+/// a consumer callback parameter is replaced by a newer one (latest state
+/// wins); requests that carry one (e.g. pua_rpc's) each keep their place
+/// so every consumer gets its answer.
+fn enqueue(e: &mut crate::table::Ext, q: Rec) {
+    // SAFETY: queue blocks are ours, reached under the record's bucket lock.
+    unsafe {
+        let mut link: *mut *mut ua_pres_t = &mut e.pending;
+        while !(*link).is_null() {
+            let cur = *link;
+            if (*cur).next.is_null()
+                && (*cur).cb_param.is_null()
+                && (*cur).ua_flag == (*q.as_ptr()).ua_flag
+            {
+                // The last waiting request has nobody waiting on it: replace it.
+                *link = q.as_ptr();
+                if let Some(old) = Rec::from_ptr(cur) {
+                    free_record(old);
+                }
+                return;
+            }
+            link = &mut (*cur).next;
+        }
+        *link = q.as_ptr();
+    }
+}
+
+/// Takes a record's queue, in order.
+fn take_pending(e: &mut crate::table::Ext) -> Vec<Rec> {
+    let mut v = Vec::new();
+    let mut p = std::mem::replace(&mut e.pending, std::ptr::null_mut());
+    // SAFETY: queue blocks are ours.
+    unsafe {
+        while let Some(r) = Rec::from_ptr(p) {
+            p = (*p).next;
+            (*r.as_ptr()).next = std::ptr::null_mut();
+            v.push(r);
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::global_arena;
+    use std::cell::{Cell, RefCell};
+
+    const FAKED: *mut sip_msg = usize::MAX as *mut sip_msg;
+    const MSG: *mut sip_msg = 0x1000 as *mut sip_msg;
+
+    /// (request, headers, body, next hop) of each send.
+    type Sent = (Rec, String, Option<Vec<u8>>, Option<Vec<u8>>);
+
+    #[derive(Default)]
+    struct FakeHost {
+        now: Cell<u32>,
+        sent: RefCell<Vec<Sent>>,
+        callbacks: RefCell<Vec<(RecordData, *mut sip_msg)>>,
+        fail_send: Cell<bool>,
+    }
+
+    impl Host for FakeHost {
+        fn now(&self) -> u32 {
+            self.now.get()
+        }
+        fn send(
+            &self,
+            req: Rec,
+            headers: &[u8],
+            body: Option<&[u8]>,
+            hop: Option<&[u8]>,
+        ) -> Result<(), SendError> {
+            if self.fail_send.get() {
+                return Err(SendError);
+            }
+            self.sent.borrow_mut().push((
+                req,
+                String::from_utf8_lossy(headers).into_owned(),
+                body.map(<[u8]>::to_vec),
+                hop.map(<[u8]>::to_vec),
+            ));
+            Ok(())
+        }
+        fn run_callbacks(&self, h: &RecordData, msg: *mut sip_msg) {
+            self.callbacks.borrow_mut().push((h.clone(), msg));
+        }
+        fn faked_reply(&self) -> *mut sip_msg {
+            FAKED
+        }
+        fn process_body(
+            &self,
+            _: Event,
+            body: &[u8],
+            ver: i32,
+            tuple: Option<&[u8]>,
+        ) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+            if body == b"bad" {
+                return Err("malformed".into());
+            }
+            let mut b = body.to_vec();
+            b.extend_from_slice(format!(";v{ver}").as_bytes());
+            Ok((
+                b,
+                if tuple.is_some() {
+                    None
+                } else {
+                    Some(b"tuple1".to_vec())
+                },
+            ))
+        }
+    }
+
+    fn engine() -> (Engine, FakeHost) {
+        global_arena();
+        let _ = events::add(
+            PRESENCE_EVENT,
+            b"presence",
+            Some(b"application/pidf+xml"),
+            None,
+        );
+        let e = Engine {
+            table: Table::new(8).unwrap(),
+            cfg: EngineCfg {
+                default_expires: 3600,
+                min_expires: 0,
+                update_period: 100,
+                outbound_proxy: None,
+            },
+            shared: Box::leak(Box::new(Shared {
+                scheduled: AtomicU32::new(0),
+            })),
+        };
+        let h = FakeHost::default();
+        h.now.set(10_000);
+        (e, h)
+    }
+
+    fn intent(body: Option<&str>, expires: i32, cb: usize) -> RecordData {
+        RecordData {
+            pres_uri: b"sip:alice@example.com".to_vec(),
+            id: b"UL_PUBLISH".to_vec(),
+            event: PRESENCE_EVENT,
+            flag: UL_PUBLISH,
+            body: body.map(|b| b.as_bytes().to_vec()),
+            cb_param: cb,
+            ua_flag: REQ_OTHER,
+            desired_expires: publish::desired_expires(expires, 10_000),
+            ext: crate::table::Ext {
+                asked: publish::asked_expires(expires, 3600, 0),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn ok(etag: &str, expires: u32) -> ReplyInfo {
+        ReplyInfo {
+            code: 200,
+            expires: Some(expires.to_string().into_bytes()),
+            etag: Some(etag.as_bytes().to_vec()),
+            ..Default::default()
+        }
+    }
+
+    fn pop_sent(h: &FakeHost) -> (Rec, String, Option<Vec<u8>>) {
+        let (r, hd, b, _) = h.sent.borrow_mut().remove(0);
+        (r, hd, b)
+    }
+
+    fn stored(e: &Engine) -> Vec<RecordData> {
+        let mut v = Vec::new();
+        for i in 0..e.table.buckets() {
+            let b = e.table.lock(i);
+            v.extend(b.iter().map(RecordData::from_rec));
+        }
+        v
+    }
+
+    #[test]
+    fn initial_then_200_stores_etag_and_runs_callbacks_once() {
+        let (e, h) = engine();
+        assert_eq!(e.send_publish(&h, intent(Some("<p/>"), -1, 7)), 0);
+        let (req, hdr, body) = pop_sent(&h);
+        assert!(hdr.contains("Event: presence\r\nExpires: 3600\r\n"));
+        assert!(!hdr.contains("SIP-If-Match"));
+        assert!(hdr.contains("Content-Type: application/pidf+xml"));
+        assert_eq!(body.as_deref(), Some(&b"<p/>;v0"[..]));
+        e.on_reply(&h, req, Some(&ok("e1", 3600)), MSG);
+        let recs = stored(&e);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].etag, b"e1");
+        assert_eq!(recs[0].expires, 13_600);
+        assert_eq!(recs[0].ext.state, 0);
+        assert_eq!(recs[0].tuple_id, b"tuple1");
+        let cbs = h.callbacks.borrow();
+        assert_eq!(cbs.len(), 1);
+        assert_eq!((cbs[0].0.cb_param, cbs[0].1), (7, MSG));
+    }
+
+    #[test]
+    fn second_publish_waits_for_the_first_and_latest_state_wins() {
+        let (e, h) = engine();
+        e.send_publish(&h, intent(Some("<a/>"), -1, 0));
+        // Two state changes while the initial PUBLISH is unanswered.
+        assert_eq!(e.send_publish(&h, intent(Some("<b/>"), -1, 0)), 0);
+        assert_eq!(e.send_publish(&h, intent(Some("<c/>"), -1, 0)), 0);
+        assert_eq!(
+            h.sent.borrow().len(),
+            1,
+            "one request in flight per publication"
+        );
+        let (req, _, _) = pop_sent(&h);
+        e.on_reply(&h, req, Some(&ok("e1", 3600)), MSG);
+        assert_eq!(
+            h.sent.borrow().len(),
+            1,
+            "the queued state goes out after the reply"
+        );
+        let (req, hdr, body) = pop_sent(&h);
+        assert!(hdr.contains("SIP-If-Match: e1\r\n"), "{hdr}");
+        assert_eq!(
+            body.as_deref(),
+            Some(&b"<c/>;v1"[..]),
+            "latest state wins, version increased"
+        );
+        e.on_reply(&h, req, Some(&ok("e2", 3600)), MSG);
+        assert!(h.sent.borrow().is_empty());
+        let recs = stored(&e);
+        assert_eq!(recs.len(), 1, "no duplicate record");
+        assert_eq!(recs[0].etag, b"e2");
+        assert_eq!(recs[0].body.as_deref(), Some(&b"<c/>;v1"[..]));
+    }
+
+    #[test]
+    fn queued_requests_with_callback_params_each_get_an_answer() {
+        let (e, h) = engine();
+        e.send_publish(&h, intent(Some("<a/>"), -1, 1));
+        e.send_publish(&h, intent(Some("<b/>"), -1, 2));
+        e.send_publish(&h, intent(Some("<c/>"), -1, 3));
+        for etag in ["e1", "e2", "e3"] {
+            let (req, _, _) = pop_sent(&h);
+            e.on_reply(&h, req, Some(&ok(etag, 3600)), MSG);
+        }
+        let params: Vec<usize> = h.callbacks.borrow().iter().map(|c| c.0.cb_param).collect();
+        assert_eq!(params, [1, 2, 3]);
+    }
+
+    #[test]
+    fn refresh_that_gets_412_republishes_the_last_body() {
+        let (e, h) = engine();
+        e.send_publish(&h, intent(Some("<a/>"), -1, 0));
+        let (req, _, _) = pop_sent(&h);
+        e.on_reply(&h, req, Some(&ok("e1", 120)), MSG);
+        h.callbacks.borrow_mut().clear();
+        // 100 s later the record is due for a refresh.
+        h.now.set(10_100);
+        let st = e.pass(&h, true);
+        assert_eq!(st.refreshed, 1);
+        let (req, hdr, body) = pop_sent(&h);
+        assert!(
+            hdr.contains("SIP-If-Match: e1") && hdr.contains("Expires: 3600"),
+            "{hdr}"
+        );
+        assert!(body.is_none(), "a refresh carries no body");
+        e.on_reply(
+            &h,
+            req,
+            Some(&ReplyInfo {
+                code: 412,
+                ..Default::default()
+            }),
+            MSG,
+        );
+        let (req, hdr, body) = pop_sent(&h);
+        assert!(
+            !hdr.contains("SIP-If-Match"),
+            "re-sent as an initial PUBLISH"
+        );
+        assert_eq!(body.as_deref(), Some(&b"<a/>;v0"[..]));
+        e.on_reply(&h, req, Some(&ok("e9", 3600)), MSG);
+        assert_eq!(stored(&e)[0].etag, b"e9");
+        assert!(
+            h.callbacks.borrow().is_empty(),
+            "refreshes are our own: no consumer callback"
+        );
+    }
+
+    #[test]
+    fn interval_too_brief_is_retried_once_with_min_expires() {
+        let (e, h) = engine();
+        e.send_publish(&h, intent(Some("<a/>"), 60, 5));
+        let (req, hdr, _) = pop_sent(&h);
+        assert!(hdr.contains("Expires: 60\r\n"), "no +1: {hdr}");
+        let r423 = ReplyInfo {
+            code: 423,
+            min_expires: Some(b"1800".to_vec()),
+            ..Default::default()
+        };
+        e.on_reply(&h, req, Some(&r423), MSG);
+        let (req, hdr, _) = pop_sent(&h);
+        assert!(hdr.contains("Expires: 1800\r\n"), "{hdr}");
+        assert!(h.callbacks.borrow().is_empty());
+        e.on_reply(&h, req, Some(&r423), MSG);
+        assert!(h.sent.borrow().is_empty(), "only once");
+        assert!(stored(&e).is_empty(), "failed publication deleted");
+        assert_eq!(h.callbacks.borrow().len(), 1);
+        assert_eq!(h.callbacks.borrow()[0].0.cb_param, 5);
+    }
+
+    #[test]
+    fn server_error_with_retry_after_is_sent_again_later() {
+        let (e, h) = engine();
+        e.send_publish(&h, intent(Some("<a/>"), -1, 0));
+        let (req, _, _) = pop_sent(&h);
+        let r503 = ReplyInfo {
+            code: 503,
+            retry_after: Some(b"5".to_vec()),
+            ..Default::default()
+        };
+        e.on_reply(&h, req, Some(&r503), MSG);
+        assert_eq!(e.shared.scheduled.load(Ordering::SeqCst), 1);
+        // Meanwhile a new state waits rather than going out beside the retry.
+        e.send_publish(&h, intent(Some("<b/>"), -1, 0));
+        h.now.set(10_003);
+        assert_eq!(e.pass(&h, false).retried, 0);
+        h.now.set(10_005);
+        assert_eq!(e.pass(&h, false).retried, 1);
+        let (req, hdr, body) = pop_sent(&h);
+        assert!(!hdr.contains("SIP-If-Match"));
+        assert_eq!(body.as_deref(), Some(&b"<a/>;v0"[..]));
+        assert_eq!(e.shared.scheduled.load(Ordering::SeqCst), 0);
+        e.on_reply(&h, req, Some(&ok("e1", 3600)), MSG);
+        let (_, hdr, body) = pop_sent(&h);
+        assert!(hdr.contains("SIP-If-Match: e1"));
+        assert_eq!(body.as_deref(), Some(&b"<b/>;v1"[..]));
+    }
+
+    #[test]
+    fn local_timeout_keeps_the_record_and_retries() {
+        let (e, h) = engine();
+        e.send_publish(&h, intent(Some("<a/>"), -1, 4));
+        let (req, _, _) = pop_sent(&h);
+        e.on_reply(&h, req, Some(&ok("e1", 3600)), MSG);
+        e.send_publish(&h, intent(Some("<b/>"), -1, 6));
+        let (req, _, _) = pop_sent(&h);
+        e.on_reply(&h, req, None, FAKED);
+        assert_eq!(stored(&e).len(), 1, "record kept");
+        let cbs = h.callbacks.borrow().clone();
+        assert_eq!(cbs.len(), 2);
+        assert_eq!((cbs[1].0.cb_param, cbs[1].1), (6, FAKED));
+        h.now.set(10_000 + 95);
+        assert_eq!(e.pass(&h, false).retried, 1);
+        let (req, hdr, body) = pop_sent(&h);
+        assert!(hdr.contains("SIP-If-Match: e1"));
+        assert_eq!(body.as_deref(), Some(&b"<b/>;v1"[..]));
+        e.on_reply(&h, req, Some(&ok("e2", 3600)), MSG);
+        assert_eq!(
+            h.callbacks.borrow().len(),
+            2,
+            "the retry is ours: no second callback"
+        );
+        assert_eq!(stored(&e)[0].etag, b"e2");
+    }
+
+    #[test]
+    fn unusable_200_is_an_error_and_callbacks_still_run() {
+        let (e, h) = engine();
+        e.send_publish(&h, intent(Some("<a/>"), -1, 9));
+        let (req, _, _) = pop_sent(&h);
+        let bad = ReplyInfo {
+            code: 200,
+            expires: Some(b"banana".to_vec()),
+            etag: Some(b"x".to_vec()),
+            ..Default::default()
+        };
+        e.on_reply(&h, req, Some(&bad), MSG);
+        assert!(stored(&e).is_empty());
+        let cbs = h.callbacks.borrow();
+        assert_eq!(
+            (cbs.len(), cbs[0].1),
+            (1, FAKED),
+            "callback runs, without the unusable reply"
+        );
+    }
+
+    #[test]
+    fn removal_sends_expires_zero_and_deletes() {
+        let (e, h) = engine();
+        e.send_publish(&h, intent(Some("<a/>"), -1, 0));
+        let (req, _, _) = pop_sent(&h);
+        e.on_reply(&h, req, Some(&ok("e1", 3600)), MSG);
+        assert_eq!(e.send_publish(&h, intent(None, 0, 0)), 0);
+        let (req, hdr, body) = pop_sent(&h);
+        assert!(hdr.contains("Expires: 0\r\n") && hdr.contains("SIP-If-Match: e1"));
+        assert!(body.is_none() && !hdr.contains("Content-Type"));
+        e.on_reply(&h, req, Some(&ok("e1", 0)), MSG);
+        assert!(stored(&e).is_empty());
+    }
+
+    #[test]
+    fn errors_without_sending() {
+        let (e, h) = engine();
+        let mut i = intent(Some("<a/>"), -1, 0);
+        i.etag = b"nope".to_vec();
+        assert_eq!(e.send_publish(&h, i), ERR_WRONG_ETAG);
+        assert_eq!(e.send_publish(&h, intent(None, -1, 0)), ERR_PUBLISH_NO_BODY);
+        assert_eq!(
+            e.send_publish(&h, intent(None, 0, 0)),
+            0,
+            "removing nothing is fine"
+        );
+        assert_eq!(e.send_publish(&h, intent(Some("bad"), -1, 0)), -1);
+        let mut i = intent(Some("<a/>"), -1, 0);
+        i.event = 1 << 29;
+        assert_eq!(e.send_publish(&h, i), -1, "unknown event");
+        assert!(h.sent.borrow().is_empty() && stored(&e).is_empty());
+        h.fail_send.set(true);
+        assert_eq!(e.send_publish(&h, intent(Some("<a/>"), -1, 0)), -1);
+        assert!(
+            stored(&e).is_empty(),
+            "an initial PUBLISH that could not be sent leaves nothing"
+        );
+    }
+
+    #[test]
+    fn expired_records_are_deleted_by_the_pass() {
+        let (e, h) = engine();
+        e.send_publish(&h, intent(Some("<a/>"), 60, 0));
+        let (req, _, _) = pop_sent(&h);
+        e.on_reply(&h, req, Some(&ok("e1", 60)), MSG);
+        // Wanted for 60 s only: not refreshed, deleted once expired.
+        h.now.set(10_050);
+        assert_eq!(e.pass(&h, true).refreshed, 0);
+        h.now.set(10_080);
+        assert_eq!(e.pass(&h, true).expired_deleted, 1);
+        assert!(stored(&e).is_empty());
+    }
+}
