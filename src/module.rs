@@ -67,6 +67,10 @@ pub fn init() -> Result<(), String> {
             .map_err(|e| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message))?;
         conn.check_version(&cfg.db_table)
             .map_err(|e| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message))?;
+        if cfg.db_mode == DbMode::Memory {
+            conn.probe(&cfg.db_table, cfg.fetch_rows)
+                .map_err(|e| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message))?;
+        }
         // The connection closes here: children open their own.
     }
 

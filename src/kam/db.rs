@@ -82,7 +82,11 @@ impl DbApi {
                 format!("cannot connect to '{}'", String::from_utf8_lossy(url)),
             ));
         }
-        Ok(Conn { api: *self, h })
+        Ok(Conn {
+            api: *self,
+            h,
+            table: None,
+        })
     }
 }
 
@@ -90,6 +94,8 @@ impl DbApi {
 pub struct Conn {
     api: DbApi,
     h: *mut db1_con_t,
+    /// The table name the db layer points at (see `use_table`).
+    table: Option<(Box<[u8]>, Box<str_>)>,
 }
 
 impl Conn {
@@ -112,14 +118,62 @@ impl Conn {
         Ok(())
     }
 
-    /// `use_table`.
+    /// Reads (at most `rows` of) the table once, to prove it is there and
+    /// readable: the C module fails start-up in db_mode 0 when its restore
+    /// query fails (a dropped table whose `version` row is still there).
+    pub fn probe(&mut self, table: &[u8], rows: u32) -> Result<(), DbError> {
+        self.use_table(table)?;
+        let col = borrowed_str(b"pres_uri");
+        let cols: [pua_sys::db_key_t; 1] = [&col as *const str_ as pua_sys::db_key_t];
+        let mut res: *mut pua_sys::db1_res_t = std::ptr::null_mut();
+        // SAFETY: valid handle and function table; `cols` and `col` live
+        // across the call; the result is freed below with the same API.
+        let r = unsafe {
+            pua_sys::db_fetch_query(
+                &mut self.api.f,
+                rows.max(1) as i32,
+                self.h,
+                std::ptr::null(),
+                std::ptr::null(),
+                std::ptr::null(),
+                cols.as_ptr(),
+                0,
+                1,
+                std::ptr::null_mut(),
+                &mut res,
+            )
+        };
+        if !res.is_null() {
+            if let Some(free) = self.api.f.free_result {
+                // SAFETY: a result of this connection, freed once.
+                unsafe { free(self.h, res) };
+            }
+        }
+        if r < 0 {
+            return Err(err(
+                "db_table",
+                format!(
+                    "cannot read table '{}' (does it exist?)",
+                    String::from_utf8_lossy(table)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `use_table`. The db layer keeps the `str*` it is given (it does not
+    /// copy the name), so the connection owns the name and its `str`.
     pub fn use_table(&mut self, table: &[u8]) -> Result<(), DbError> {
-        let t = borrowed_str(table);
         let Some(use_table) = self.api.f.use_table else {
             return Err(err("db_url", "the database module has no use_table"));
         };
-        // SAFETY: valid handle; `t` lives across the call (the db module copies it).
-        if unsafe { use_table(self.h, &t as *const str_) } < 0 {
+        let name: Box<[u8]> = table.into();
+        let t = Box::new(borrowed_str(&name));
+        let tp: *const str_ = &*t;
+        self.table = Some((name, t));
+        // SAFETY: valid handle; `tp` points into `self.table`, which lives
+        // (unmoved, boxed) as long as the connection.
+        if unsafe { use_table(self.h, tp) } < 0 {
             return Err(err(
                 "db_table",
                 format!("use_table '{}' failed", String::from_utf8_lossy(table)),
