@@ -2,6 +2,8 @@
 #include "core/mem/shm.h"
 #include "core/mem/pkg.h"
 #include "core/dprint.h"
+#include "core/parser/msg_parser.h"
+#include "core/parser/parse_expires.h"
 #include "modules/tm/tm_load.h"
 #include "pua_shim.h"
 
@@ -29,4 +31,18 @@ unsigned long pua_shim_shm_real_used(void)
 	struct mem_info mi;
 	shm_info(&mi);
 	return mi.real_used;
+}
+
+int pua_shim_parse_all_headers(struct sip_msg *msg)
+{
+	return parse_headers(msg, HDR_EOH_F, 0);
+}
+
+int pua_shim_parse_expires(struct hdr_field *hdr)
+{
+	if (hdr == NULL)
+		return -1;
+	if (hdr->parsed != NULL)
+		return 0;
+	return parse_expires(hdr);
 }

@@ -17,6 +17,12 @@ int pua_shim_log_enabled(int level);
 void pua_shim_log(int level, const char *prefix, const char *msg);
 /* tm_load.h's static inline load_tm_api(). */
 int pua_shim_load_tm(struct tm_binds *tmb);
+struct sip_msg;
+struct hdr_field;
+/* parse_headers(msg, HDR_EOH_F, 0): every header of a reply. */
+int pua_shim_parse_all_headers(struct sip_msg *msg);
+/* parse_expires() on a header, so consumers can read hdr->parsed. */
+int pua_shim_parse_expires(struct hdr_field *hdr);
 /* Shared-memory usage of the whole server (core.shmmem's real_used). */
 unsigned long pua_shim_shm_real_used(void);
 #endif

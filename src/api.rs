@@ -40,16 +40,15 @@ pub(crate) unsafe extern "C" fn bind_pua(api: *mut pua_api_t) -> c_int {
     })
 }
 
-/// `send_publish`. The PUBLISH engine is issue #3; until it lands this
-/// refuses every request with a log line instead of pretending to send.
+/// `send_publish`: see `crate::publish` and `pua_core::engine`.
 pub(crate) unsafe extern "C" fn send_publish(publ: *mut publ_info_t) -> c_int {
     ffi("send_publish", -1, || {
         if publ.is_null() {
             lm_err!("send_publish: NULL publ_info");
             return -1;
         }
-        lm_err!("send_publish: the PUBLISH engine is not implemented in this build of pua.so");
-        -1
+        // SAFETY: a consumer's publ_info_t, valid for the call.
+        unsafe { crate::publish::send_publish(&*publ) }
     })
 }
 

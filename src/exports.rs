@@ -310,23 +310,18 @@ pub fn register_rpc() -> Result<(), String> {
     Ok(())
 }
 
-fn now() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(0)
-}
-
 unsafe extern "C" fn rpc_cleanup(rpc: *mut rpc_t, ctx: *mut c_void) {
     ffi("pua.cleanup", (), || {
-        let st = module::cleanup(now());
+        let st = module::cleanup();
         lm_dbg!("pua.cleanup: {:?}", st);
         // SAFETY: as the core passed them.
         let r = unsafe { Reply::new(rpc, ctx) };
         r.int_struct(&[
             ("records", st.records as i64),
+            ("refreshed", st.refreshed as i64),
+            ("retried", st.retried as i64),
             ("expired_deleted", st.expired_deleted as i64),
-            ("refresh_due", st.refresh_due as i64),
+            ("send_errors", st.send_errors as i64),
         ]);
     })
 }
@@ -358,21 +353,33 @@ unsafe extern "C" fn rpc_stats(rpc: *mut rpc_t, ctx: *mut c_void) {
 
 unsafe extern "C" fn timer_cleanup(_ticks: c_uint, _param: *mut c_void) {
     ffi("pua cleanup timer", (), || {
-        let st = module::cleanup(now());
-        if st.expired_deleted > 0 {
+        let st = module::cleanup();
+        if st != Default::default() {
             lm_dbg!("cleanup timer: {:?}", st);
         }
     })
 }
 
-/// The cleanup timer every `update_period - 5` s (as C).
+unsafe extern "C" fn timer_retry(_ticks: c_uint, _param: *mut c_void) {
+    ffi("pua retry timer", (), || {
+        let st = module::retry_due();
+        if st.retried > 0 {
+            lm_dbg!("retry timer: {:?}", st);
+        }
+    })
+}
+
+/// The cleanup timer every `update_period - 5` s (as C), and a 1 s timer
+/// for retries that are due (it does nothing while none is scheduled).
 pub fn register_timers(update_period: u32) -> Result<(), String> {
-    // SAFETY: registering a timer function in mod_init, before the fork.
-    if unsafe { pua_sys::register_timer(Some(timer_cleanup), ptr::null_mut(), update_period - 5) }
-        < 0
-    {
-        lm_crit!("cannot register the cleanup timer");
-        return Err("cannot register the cleanup timer".into());
+    // SAFETY: registering timer functions in mod_init, before the fork.
+    unsafe {
+        if pua_sys::register_timer(Some(timer_cleanup), ptr::null_mut(), update_period - 5) < 0
+            || pua_sys::register_timer(Some(timer_retry), ptr::null_mut(), 1) < 0
+        {
+            lm_crit!("cannot register the pua timers");
+            return Err("cannot register the pua timers".into());
+        }
     }
     Ok(())
 }

@@ -18,3 +18,4 @@ pub mod exports;
 pub mod kam;
 pub mod module;
 pub mod params;
+pub mod publish;

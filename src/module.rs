@@ -3,6 +3,7 @@
 //! (set before the fork, so every child inherits it); and the timer pass.
 
 use crate::kam::db::{self, DbApi};
+use pua_core::engine::{Engine, EngineCfg, PassStats, Shared};
 use pua_core::params::{Config, DbMode};
 use pua_core::table::Table;
 use pua_core::{events, lm_err, lm_info, lm_notice, lm_warn};
@@ -15,6 +16,8 @@ pub struct State {
     pub db: DbApi,
     /// The record table (db_mode 0); `None` in db_mode 2.
     pub table: Option<Table>,
+    /// The PUBLISH engine over the table (db_mode 0).
+    pub engine: Option<Engine>,
     pub tm: TmApi,
 }
 
@@ -88,6 +91,27 @@ pub fn init() -> Result<(), String> {
 
     crate::api::register_builtin_events(&cfg)?;
 
+    let engine = match table {
+        Some(t) => {
+            let shared = pua_core::shm::alloc_struct::<Shared>()
+                .ok_or("no shared memory for the PUBLISH engine")?;
+            Some(Engine {
+                table: t,
+                cfg: EngineCfg {
+                    default_expires: cfg.default_expires,
+                    min_expires: cfg.min_expires,
+                    update_period: cfg.update_period,
+                    outbound_proxy: (!cfg.outbound_proxy.is_empty())
+                        .then(|| cfg.outbound_proxy.clone()),
+                },
+                // SAFETY: zeroed shm is a valid `Shared` (atomics at 0); it
+                // lives until module destroy, in every process.
+                shared: unsafe { &*shared },
+            })
+        }
+        None => None,
+    };
+
     if cfg.update_period > 5 {
         crate::exports::register_timers(cfg.update_period)?;
     }
@@ -110,6 +134,7 @@ pub fn init() -> Result<(), String> {
             cfg,
             db,
             table,
+            engine,
             tm: TmApi(tm),
         })
         .map_err(|_| "mod_init ran twice".to_string())
@@ -158,39 +183,20 @@ pub fn destroy() {
     events::destroy();
 }
 
-/// What one cleanup pass did.
-#[derive(Default, Debug)]
-pub struct CleanupStats {
-    pub records: usize,
-    pub expired_deleted: usize,
-    pub refresh_due: usize,
+/// The periodic pass (timer every update_period - 5 s, and `pua.cleanup`):
+/// refresh publications about to expire, send due retries, drop expired
+/// records. Bucket locks are never held while sending.
+pub fn cleanup() -> PassStats {
+    match state().and_then(|s| s.engine.as_ref()) {
+        Some(e) => e.pass(&crate::publish::KamHost, true),
+        None => PassStats::default(),
+    }
 }
 
-/// The periodic pass (timer every update_period - 5 s, and `pua.cleanup`):
-/// drops records that expired. Bucket locks are held only while walking one
-/// bucket, never across SIP sends. Records due for a refresh are counted;
-/// sending the refresh is the PUBLISH/SUBSCRIBE engines' job.
-pub fn cleanup(now: u32) -> CleanupStats {
-    let mut s = CleanupStats::default();
-    let Some(st) = state() else { return s };
-    let Some(t) = st.table else { return s };
-    let period = st.cfg.update_period;
-    for i in 0..t.buckets() {
-        let mut b = t.lock(i);
-        let all: Vec<_> = b.iter().collect();
-        for r in all {
-            s.records += 1;
-            let rec = b.get(r);
-            let (expires, desired) = (rec.expires, rec.desired_expires);
-            let wants_refresh =
-                desired == 0 || desired > expires.saturating_add(st.cfg.min_expires);
-            if expires.saturating_sub(period) < now && wants_refresh {
-                s.refresh_due += 1;
-            } else if expires < now.saturating_sub(10) {
-                b.delete(r);
-                s.expired_deleted += 1;
-            }
-        }
+/// The 1-second retry timer: sends retries that are due (5xx Retry-After).
+pub fn retry_due() -> PassStats {
+    match state().and_then(|s| s.engine.as_ref()) {
+        Some(e) => e.pass(&crate::publish::KamHost, false),
+        None => PassStats::default(),
     }
-    s
 }

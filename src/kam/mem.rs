@@ -74,3 +74,20 @@ pub fn shm_real_used() -> u64 {
     // SAFETY: reads the allocator's counters.
     unsafe { shim::pua_shim_shm_real_used() as u64 }
 }
+
+extern "C" {
+    /// libxml2's deallocator (a global function pointer in libxml2).
+    static xmlFree: Option<unsafe extern "C" fn(*mut std::os::raw::c_void)>;
+}
+
+/// Frees memory that libxml2 allocated (as `xmlFree` in C).
+///
+/// # Safety
+/// `p` null or allocated by libxml2, not used afterwards.
+pub unsafe fn xml_free(p: *mut std::os::raw::c_void) {
+    if !p.is_null() {
+        if let Some(f) = xmlFree {
+            f(p);
+        }
+    }
+}

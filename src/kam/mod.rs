@@ -4,6 +4,8 @@ pub mod log;
 pub mod mem;
 pub mod rpc;
 pub mod shim;
+pub mod sipmsg;
+pub mod tm;
 
 /// A `static` that C may read and write (module_exports, parameter storage):
 /// `UnsafeCell` keeps it in writable memory, `repr(transparent)` keeps C's

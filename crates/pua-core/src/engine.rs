@@ -29,6 +29,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// send_publish's answer for an If-Match etag that matches no publication.
 pub const ERR_WRONG_ETAG: i32 = 418;
 
+/// A reply as tm handed it (or tm's FAKED_REPLY), passed through to consumer
+/// callbacks untouched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Msg(pub *mut sip_msg);
+
 /// tm refused to send a request (the reason is in the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendError;
@@ -48,9 +53,9 @@ pub trait Host {
     ) -> Result<(), SendError>;
     /// Runs the consumer callbacks for `hentity` (a copy of the request)
     /// with `msg` (a reply, or tm's FAKED_REPLY).
-    fn run_callbacks(&self, hentity: &RecordData, msg: *mut sip_msg);
+    fn run_callbacks(&self, hentity: &RecordData, msg: Msg);
     /// The FAKED_REPLY value to hand to callbacks when there is no usable reply.
-    fn faked_reply(&self) -> *mut sip_msg;
+    fn faked_reply(&self) -> Msg;
     /// Runs the event's body processor: (new body, tuple id for a record without one).
     fn process_body(
         &self,
@@ -332,13 +337,7 @@ impl Engine {
     }
 
     /// The reply to request `req` (`reply` None: tm's FAKED_REPLY).
-    pub fn on_reply(
-        &self,
-        host: &dyn Host,
-        req: Rec,
-        reply: Option<&ReplyInfo>,
-        msg: *mut sip_msg,
-    ) {
+    pub fn on_reply(&self, host: &dyn Host, req: Rec, reply: Option<&ReplyInfo>, msg: Msg) {
         let now = host.now();
         let rd = RecordData::from_rec(req);
         let kind = Kind::from_u32(rd.ext.kind).unwrap_or(Kind::Refresh);
@@ -695,8 +694,8 @@ mod tests {
     use crate::testing::global_arena;
     use std::cell::{Cell, RefCell};
 
-    const FAKED: *mut sip_msg = usize::MAX as *mut sip_msg;
-    const MSG: *mut sip_msg = 0x1000 as *mut sip_msg;
+    const FAKED: Msg = Msg(usize::MAX as *mut sip_msg);
+    const MSG: Msg = Msg(0x1000 as *mut sip_msg);
 
     /// (request, headers, body, next hop) of each send.
     type Sent = (Rec, String, Option<Vec<u8>>, Option<Vec<u8>>);
@@ -705,7 +704,7 @@ mod tests {
     struct FakeHost {
         now: Cell<u32>,
         sent: RefCell<Vec<Sent>>,
-        callbacks: RefCell<Vec<(RecordData, *mut sip_msg)>>,
+        callbacks: RefCell<Vec<(RecordData, Msg)>>,
         fail_send: Cell<bool>,
     }
 
@@ -731,10 +730,10 @@ mod tests {
             ));
             Ok(())
         }
-        fn run_callbacks(&self, h: &RecordData, msg: *mut sip_msg) {
+        fn run_callbacks(&self, h: &RecordData, msg: Msg) {
             self.callbacks.borrow_mut().push((h.clone(), msg));
         }
-        fn faked_reply(&self) -> *mut sip_msg {
+        fn faked_reply(&self) -> Msg {
             FAKED
         }
         fn process_body(

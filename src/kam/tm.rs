@@ -1,0 +1,73 @@
+//! Sending requests through tm (`t_request`), with a completion callback.
+
+use pua_core::lm_err;
+use pua_core::shm::borrowed_str;
+use pua_sys::{str_, tm_binds, transaction_cb, uac_req_t};
+use std::os::raw::c_void;
+use std::ptr;
+
+/// TMCB_LOCAL_COMPLETED (t_hooks.h): final reply of a locally initiated request.
+pub const TMCB_LOCAL_COMPLETED: i32 = 1 << 10;
+
+/// A request to send outside any dialog.
+pub struct OutOfDialog<'a> {
+    pub method: &'a [u8],
+    /// Request-URI, To and From (pua uses the presentity URI for all three).
+    pub uri: &'a [u8],
+    pub headers: &'a [u8],
+    pub body: Option<&'a [u8]>,
+    pub next_hop: Option<&'a [u8]>,
+}
+
+/// Sends `req`; tm calls `cb` with `param` on the final reply (or a local
+/// timeout). Returns false when tm refused: `param` was not taken then.
+pub fn t_request(
+    tm: &tm_binds,
+    req: &OutOfDialog<'_>,
+    cb: transaction_cb,
+    param: *mut c_void,
+) -> bool {
+    let Some(t_request) = tm.t_request else {
+        lm_err!("tm has no t_request");
+        return false;
+    };
+    let mut method = borrowed_str(req.method);
+    let mut headers = borrowed_str(req.headers);
+    let mut body = req.body.map(borrowed_str);
+    let mut ruri = borrowed_str(req.uri);
+    let mut to = borrowed_str(req.uri);
+    let mut from = borrowed_str(req.uri);
+    let mut hop = req.next_hop.filter(|h| !h.is_empty()).map(borrowed_str);
+    let mut uac = uac_req_t {
+        method: &mut method,
+        headers: &mut headers,
+        body: body.as_mut().map_or(ptr::null_mut(), |b| b as *mut str_),
+        ssock: ptr::null_mut(),
+        ssockname: ptr::null_mut(),
+        dialog: ptr::null_mut(),
+        cb_flags: TMCB_LOCAL_COMPLETED,
+        cb,
+        cbp: param,
+        callid: ptr::null_mut(),
+    };
+    // SAFETY: every str points at data that lives across the call; tm
+    // copies what it keeps (it builds the request buffer before returning).
+    let r = unsafe {
+        t_request(
+            &mut uac,
+            &mut ruri,
+            &mut to,
+            &mut from,
+            hop.as_mut().map_or(ptr::null_mut(), |h| h as *mut str_),
+        )
+    };
+    if r < 0 {
+        lm_err!(
+            "tm refused to send {} (t_request returned {})",
+            String::from_utf8_lossy(req.method),
+            r
+        );
+        return false;
+    }
+    true
+}

@@ -1,0 +1,285 @@
+//! The PUBLISH engine's host in Kamailio: requests go out through tm, the
+//! tm callback hands replies to `pua_core::engine`, consumer callbacks get a
+//! `ua_pres_t` copy of the request, body processors run in Rust (built-in
+//! events) or through C (events added by consumers).
+
+use crate::kam::mem;
+use crate::kam::sipmsg::{self, FAKED_REPLY};
+use crate::kam::tm::{self, OutOfDialog};
+use crate::module::state;
+use pua_core::engine::{Host, Msg, SendError};
+use pua_core::events::{Event, Processor};
+use pua_core::guard::ffi;
+use pua_core::shm::{borrowed_str, str_ptr_bytes};
+use pua_core::table::{Rec, RecordData};
+use pua_core::{callbacks, lm_err};
+use pua_sys::{cell, publ_info_t, str_, tmcb_params, ua_pres_t};
+use std::os::raw::{c_int, c_void};
+use std::ptr;
+
+/// Seconds since the epoch (Kamailio's records use time(NULL)).
+pub fn now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+/// The host of the engine inside Kamailio.
+pub struct KamHost;
+
+impl Host for KamHost {
+    fn now(&self) -> u32 {
+        now()
+    }
+
+    fn send(
+        &self,
+        req: Rec,
+        headers: &[u8],
+        body: Option<&[u8]>,
+        next_hop: Option<&[u8]>,
+    ) -> Result<(), SendError> {
+        let st = state().ok_or(SendError)?;
+        // SAFETY: a request block we own until tm hands it back.
+        let uri = unsafe { str_ptr_bytes((*req.as_ptr()).pres_uri) }.to_vec();
+        let r = OutOfDialog {
+            method: b"PUBLISH",
+            uri: &uri,
+            headers,
+            body,
+            next_hop,
+        };
+        if tm::t_request(&st.tm.0, &r, Some(publ_cback), req.as_ptr() as *mut c_void) {
+            Ok(())
+        } else {
+            Err(SendError)
+        }
+    }
+
+    fn run_callbacks(&self, h: &RecordData, msg: Msg) {
+        with_hentity(h, |p| {
+            // SAFETY: `p` is a valid ua_pres_t for the call; `msg` is the
+            // reply tm handed us (alive during its callback) or FAKED_REPLY.
+            unsafe { callbacks::run(p, msg.0) };
+        });
+    }
+
+    fn faked_reply(&self) -> Msg {
+        Msg(FAKED_REPLY)
+    }
+
+    fn process_body(
+        &self,
+        ev: Event,
+        body: &[u8],
+        ver: i32,
+        tuple: Option<&[u8]>,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+        match builtin_processor(ev) {
+            Some(p) => crate::body_glue::process(p, body, ver, tuple),
+            None => foreign_process_body(ev, body, ver, tuple),
+        }
+    }
+}
+
+/// Which built-in processor an event uses (None: a consumer's own).
+fn builtin_processor(ev: Event) -> Option<Processor> {
+    let Some(pb) = ev.process_body() else {
+        return Some(Processor::None);
+    };
+    let f = pb as usize;
+    let ours: [(usize, Processor); 6] = [
+        (
+            crate::bodies::presence as *const () as usize,
+            Processor::Presence,
+        ),
+        (
+            crate::bodies::dialog as *const () as usize,
+            Processor::Dialog,
+        ),
+        (
+            crate::bodies::dialog_versioned as *const () as usize,
+            Processor::DialogVersioned,
+        ),
+        (crate::bodies::bla as *const () as usize, Processor::Bla),
+        (crate::bodies::mwi as *const () as usize, Processor::Mwi),
+        (
+            crate::bodies::reginfo_versioned as *const () as usize,
+            Processor::ReginfoVersioned,
+        ),
+    ];
+    ours.iter().find(|(p, _)| *p == f).map(|(_, k)| *k)
+}
+
+/// Runs a body processor a consumer registered with add_event, with the C
+/// contract: 0 = `*final_body` is the input (not ours to free), 1 = a new
+/// body (`s` from libxml, freed with xmlFree; the `str` from pkg), and a new
+/// tuple id in pkg when the record had none.
+fn foreign_process_body(
+    ev: Event,
+    body: &[u8],
+    ver: i32,
+    tuple: Option<&[u8]>,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+    let Some(pb) = ev.process_body() else {
+        return Ok((body.to_vec(), None));
+    };
+    let mut b = borrowed_str(body);
+    let mut publ = publ_info_t {
+        body: &mut b,
+        ..Default::default()
+    };
+    let mut out: *mut str_ = ptr::null_mut();
+    let mut tuple_str = tuple.map(borrowed_str);
+    let mut tuple_ptr: *mut str_ = tuple_str
+        .as_mut()
+        .map_or(ptr::null_mut(), |t| t as *mut str_);
+    let had_tuple = !tuple_ptr.is_null();
+    // SAFETY: the processor gets valid pointers for the call, as C's send_publish passes them.
+    let r = unsafe { pb(&mut publ, &mut out, ver, &mut tuple_ptr) };
+    if r < 0 || out.is_null() {
+        return Err(format!("the event's body processor failed ({r})"));
+    }
+    // SAFETY: `out` is valid per the processor's contract; freed as C does.
+    let new_body = unsafe { str_ptr_bytes(out) }.to_vec();
+    if r > 0 {
+        // SAFETY: as above (r > 0: allocated by the processor).
+        unsafe {
+            mem::xml_free((*out).s as *mut c_void);
+            mem::pkg_free(out);
+        }
+    }
+    let mut new_tuple = None;
+    if !had_tuple && !tuple_ptr.is_null() {
+        // SAFETY: a pkg str made by the processor.
+        unsafe {
+            new_tuple = Some(str_ptr_bytes(tuple_ptr).to_vec());
+            mem::pkg_free((*tuple_ptr).s);
+            mem::pkg_free(tuple_ptr);
+        }
+    }
+    Ok((new_body, new_tuple))
+}
+
+/// Runs `f` with a stack `ua_pres_t` whose fields point into `d`.
+pub fn with_hentity<R>(d: &RecordData, f: impl FnOnce(*mut ua_pres_t) -> R) -> R {
+    let s = |v: &Vec<u8>| borrowed_str(v);
+    let mut pres_uri = s(&d.pres_uri);
+    let mut watcher = d.watcher_uri.as_ref().map(s);
+    let mut proxy = d.outbound_proxy.as_ref().map(s);
+    let mut body = d.body.as_ref().map(s);
+    let mut extra = d.extra_headers.as_ref().map(s);
+    let p = |o: &mut Option<str_>| o.as_mut().map_or(ptr::null_mut(), |v| v as *mut str_);
+    let mut h = ua_pres_t {
+        id: s(&d.id),
+        pres_uri: &mut pres_uri,
+        event: d.event,
+        expires: d.expires,
+        desired_expires: d.desired_expires,
+        flag: d.flag,
+        db_flag: d.db_flag,
+        cb_param: d.cb_param as *mut c_void,
+        next: ptr::null_mut(),
+        ua_flag: d.ua_flag,
+        outbound_proxy: p(&mut proxy),
+        etag: s(&d.etag),
+        tuple_id: s(&d.tuple_id),
+        body: p(&mut body),
+        content_type: s(&d.content_type),
+        watcher_uri: p(&mut watcher),
+        call_id: s(&d.call_id),
+        to_tag: s(&d.to_tag),
+        from_tag: s(&d.from_tag),
+        cseq: d.cseq,
+        version: d.version,
+        extra_headers: p(&mut extra),
+        record_route: s(&d.record_route),
+        remote_contact: s(&d.remote_contact),
+        contact: s(&d.contact),
+    };
+    f(&mut h)
+}
+
+/// tm's completion callback of every PUBLISH we send.
+unsafe extern "C" fn publ_cback(_t: *mut cell, _type: c_int, ps: *mut tmcb_params) {
+    ffi("PUBLISH reply callback", (), || {
+        if ps.is_null() {
+            return;
+        }
+        // SAFETY: tm passes valid params; we take the parameter we gave it.
+        let (req, msg, code) = unsafe {
+            let ps = &mut *ps;
+            if ps.param.is_null() || (*ps.param).is_null() {
+                lm_err!("PUBLISH reply without its parameter");
+                return;
+            }
+            let req = *ps.param as *mut ua_pres_t;
+            *ps.param = ptr::null_mut();
+            (req, ps.rpl, ps.code)
+        };
+        // SAFETY: the parameter is a request block made by the engine.
+        let Some(req) = (unsafe { Rec::from_ptr(req) }) else {
+            return;
+        };
+        let info = if sipmsg::is_real(msg) {
+            // SAFETY: a real reply owned by tm during the callback.
+            Some(unsafe { sipmsg::reply_info(msg, code) })
+        } else {
+            None
+        };
+        let Some(engine) = state().and_then(|s| s.engine.as_ref()) else {
+            lm_err!("PUBLISH reply before the module was initialised");
+            return;
+        };
+        engine.on_reply(
+            &KamHost,
+            req,
+            info.as_ref(),
+            Msg(if msg.is_null() { FAKED_REPLY } else { msg }),
+        );
+    })
+}
+
+/// `send_publish` for a consumer's `publ_info_t`.
+///
+/// # Safety
+/// `publ` must be a valid `publ_info_t` whose strings are null or valid.
+pub unsafe fn send_publish(publ: &publ_info_t) -> c_int {
+    let Some(st) = state() else {
+        lm_err!("send_publish before the module was initialised");
+        return -1;
+    };
+    let Some(engine) = st.engine.as_ref() else {
+        lm_err!(
+            "send_publish: db_mode 2 (database only) is not implemented in this build of pua.so"
+        );
+        return -1;
+    };
+    if publ.pres_uri.is_null() {
+        lm_err!("send_publish: no presentity URI");
+        return -1;
+    }
+    let t = now();
+    let cfg = &engine.cfg;
+    let opt = |p: *const str_| (!p.is_null()).then(|| str_ptr_bytes(p).to_vec());
+    let mut intent = RecordData {
+        id: pua_core::shm::str_bytes(&publ.id).to_vec(),
+        pres_uri: str_ptr_bytes(publ.pres_uri).to_vec(),
+        event: publ.event,
+        flag: publ.source_flag,
+        cb_param: publ.cb_param as usize,
+        ua_flag: pua_core::flags::REQ_OTHER,
+        outbound_proxy: opt(publ.outbound_proxy).filter(|v| !v.is_empty()),
+        etag: opt(publ.etag).unwrap_or_default(),
+        body: (!publ.body.is_null() && !(*publ.body).s.is_null())
+            .then(|| str_ptr_bytes(publ.body).to_vec()),
+        content_type: pua_core::shm::str_bytes(&publ.content_type).to_vec(),
+        extra_headers: opt(publ.extra_headers).filter(|v| !v.is_empty()),
+        desired_expires: pua_core::publish::desired_expires(publ.expires, t),
+        ..Default::default()
+    };
+    intent.ext.asked =
+        pua_core::publish::asked_expires(publ.expires, cfg.default_expires, cfg.min_expires);
+    engine.send_publish(&KamHost, intent)
+}
