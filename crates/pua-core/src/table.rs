@@ -293,6 +293,21 @@ pub fn ext_of<'a>(r: Rec) -> &'a mut Ext {
     unsafe { &mut (*(r.as_ptr() as *mut Block)).ext }
 }
 
+/// Frees the request blocks a record holds (its queue and its parked retry).
+///
+/// # Safety
+/// `e` must be the state of a record no one else can reach any more.
+pub unsafe fn free_chains(e: &mut Ext) {
+    let mut p = std::mem::replace(&mut e.pending, ptr::null_mut());
+    while let Some(r) = Rec::from_ptr(p) {
+        p = (*p).next;
+        free_record(r);
+    }
+    if let Some(r) = Rec::from_ptr(std::mem::replace(&mut e.retry_req, ptr::null_mut())) {
+        free_record(r);
+    }
+}
+
 /// Frees a record block made by [`RecordData::to_shm`].
 ///
 /// # Safety
@@ -360,6 +375,7 @@ impl Table {
         for i in 0..self.n {
             let mut b = self.lock(i);
             while let Some(r) = b.pop() {
+                free_chains(ext_of(r));
                 free_record(r);
             }
         }
