@@ -4,7 +4,14 @@
 #include "core/dprint.h"
 #include "core/parser/msg_parser.h"
 #include "core/parser/parse_expires.h"
+#include "core/parser/parse_to.h"
+#include "core/parser/parse_from.h"
+#include "core/parser/parse_cseq.h"
+#include "core/parser/parse_rr.h"
+#include "core/parser/contact/parse_contact.h"
+#include "core/ut.h"
 #include "modules/tm/tm_load.h"
+#include "modules/tm/dlg.h"
 #include "pua_shim.h"
 
 /* DBG_SR_MEMORY: the allocator keeps the file/function/module pointers of
@@ -45,4 +52,82 @@ int pua_shim_parse_expires(struct hdr_field *hdr)
 	if (hdr->parsed != NULL)
 		return 0;
 	return parse_expires(hdr);
+}
+
+int pua_shim_reply_dialog(struct sip_msg *msg, struct pua_reply_dlg *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (parse_headers(msg, HDR_EOH_F, 0) < 0)
+		return -1;
+	if (msg->to && parse_to_header(msg) == 0 && get_to(msg))
+		out->to_tag = get_to(msg)->tag_value;
+	if (msg->contact && parse_contact(msg->contact) == 0 && msg->contact->parsed
+			&& ((contact_body_t *)msg->contact->parsed)->contacts)
+		out->contact = ((contact_body_t *)msg->contact->parsed)->contacts->uri;
+	if (msg->record_route
+			&& print_rr_body(msg->record_route, &out->record_route, 1, 0) != 0) {
+		out->record_route.s = NULL;
+		out->record_route.len = 0;
+	}
+	if (msg->cseq && msg->cseq->parsed
+			&& str2int(&get_cseq(msg)->number, &out->cseq) == 0)
+		out->has_cseq = 1;
+	return 0;
+}
+
+int pua_shim_request_dialog(struct sip_msg *msg, struct pua_request_dlg *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (parse_headers(msg, HDR_EOH_F, 0) < 0)
+		return -1;
+	if (msg->callid)
+		out->call_id = msg->callid->body;
+	if (msg->from && parse_from_header(msg) == 0 && get_from(msg)) {
+		out->from_tag = get_from(msg)->tag_value;
+		out->from_uri = get_from(msg)->uri;
+	}
+	if (msg->to && parse_to_header(msg) == 0 && get_to(msg)) {
+		out->to_tag = get_to(msg)->tag_value;
+		out->to_uri = get_to(msg)->uri;
+	}
+	if (msg->contact && parse_contact(msg->contact) == 0 && msg->contact->parsed
+			&& ((contact_body_t *)msg->contact->parsed)->contacts)
+		out->contact = ((contact_body_t *)msg->contact->parsed)->contacts->uri;
+	return 0;
+}
+
+int pua_shim_send_on_dialog(struct tm_binds *tmb, str *method, str *headers,
+		str *body, str *call_id, str *loc_tag, str *rem_tag, unsigned int cseq,
+		str *loc_uri, str *rem_uri, str *rem_target, str *dst_uri,
+		str *route_set, void *cb, void *cbp)
+{
+	dlg_t dlg;
+	uac_req_t uac_r;
+	int ret;
+
+	memset(&dlg, 0, sizeof(dlg));
+	dlg.id.call_id = *call_id;
+	dlg.id.loc_tag = *loc_tag;
+	if (rem_tag && rem_tag->len > 0)
+		dlg.id.rem_tag = *rem_tag;
+	dlg.loc_seq.value = cseq;
+	dlg.loc_seq.is_set = 1;
+	dlg.loc_uri = *loc_uri;
+	dlg.rem_uri = *rem_uri;
+	dlg.rem_target = *rem_target;
+	if (dst_uri && dst_uri->len > 0)
+		dlg.dst_uri = *dst_uri;
+	dlg.state = (rem_tag && rem_tag->len > 0) ? DLG_CONFIRMED : DLG_NEW;
+	if (route_set && route_set->s && route_set->len > 0) {
+		if (parse_rr_body(route_set->s, route_set->len, &dlg.route_set) < 0) {
+			LM_ERR("cannot parse the stored route set\n");
+			return -1;
+		}
+	}
+	set_uac_req(&uac_r, method, headers, body, &dlg, TMCB_LOCAL_COMPLETED,
+			(transaction_cb *)cb, cbp);
+	ret = tmb->t_uac(&uac_r);
+	if (dlg.route_set)
+		free_rr(&dlg.route_set);
+	return ret;
 }

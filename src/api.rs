@@ -52,15 +52,15 @@ pub(crate) unsafe extern "C" fn send_publish(publ: *mut publ_info_t) -> c_int {
     })
 }
 
-/// `send_subscribe`. The SUBSCRIBE engine is issue #4; see [`send_publish`].
+/// `send_subscribe`: see `crate::subscribe` and `pua_core::subscribe`.
 pub(crate) unsafe extern "C" fn send_subscribe(subs: *mut subs_info_t) -> c_int {
     ffi("send_subscribe", -1, || {
         if subs.is_null() {
             lm_err!("send_subscribe: NULL subs_info");
             return -1;
         }
-        lm_err!("send_subscribe: the SUBSCRIBE engine is not implemented in this build of pua.so");
-        -1
+        // SAFETY: a consumer's subs_info_t, valid for the call.
+        unsafe { crate::subscribe::send_subscribe(&*subs) }
     })
 }
 

@@ -230,13 +230,8 @@ unsafe extern "C" fn ki_pua_update_contact(msg: *mut sip_msg) -> c_int {
 }
 
 fn update_contact(msg: *mut sip_msg) -> c_int {
-    if msg.is_null() {
-        lm_err!("pua_update_contact: no message");
-        return -1;
-    }
-    // The SUBSCRIBE engine (issue #4) owns dialogs; until then no dialog matches.
-    lm_err!("pua_update_contact: no pua dialog matches this request (SUBSCRIBE engine not in this build)");
-    -1
+    // SAFETY: Kamailio passes the request being routed.
+    unsafe { crate::subscribe::update_contact(msg) }
 }
 
 const fn s(b: &'static str) -> str_ {

@@ -19,3 +19,4 @@ pub mod kam;
 pub mod module;
 pub mod params;
 pub mod publish;
+pub mod subscribe;

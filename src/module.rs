@@ -103,6 +103,7 @@ pub fn init() -> Result<(), String> {
                     update_period: cfg.update_period,
                     outbound_proxy: (!cfg.outbound_proxy.is_empty())
                         .then(|| cfg.outbound_proxy.clone()),
+                    check_remote_contact: cfg.check_remote_contact,
                 },
                 // SAFETY: zeroed shm is a valid `Shared` (atomics at 0); it
                 // lives until module destroy, in every process.

@@ -57,6 +57,31 @@ impl Host for KamHost {
         }
     }
 
+    fn send_on_dialog(
+        &self,
+        req: Rec,
+        method: &[u8],
+        headers: &[u8],
+        d: &pua_core::subscribe::DialogSpec,
+    ) -> Result<(), SendError> {
+        let st = state().ok_or(SendError)?;
+        // SAFETY: subs_cback takes back the request block it is given.
+        if unsafe {
+            tm::send_on_dialog(
+                &st.tm.0,
+                method,
+                headers,
+                d,
+                Some(crate::subscribe::subs_cback),
+                req.as_ptr() as *mut c_void,
+            )
+        } {
+            Ok(())
+        } else {
+            Err(SendError)
+        }
+    }
+
     fn run_callbacks(&self, h: &RecordData, msg: Msg) {
         with_hentity(h, |p| {
             // SAFETY: `p` is a valid ua_pres_t for the call; `msg` is the

@@ -57,3 +57,55 @@ pub unsafe fn reply_info(msg: *mut sip_msg, code: i32) -> ReplyInfo {
     }
     info
 }
+
+/// The dialog parts of a reply to a SUBSCRIBE, plus its Expires,
+/// Min-Expires and Retry-After.
+///
+/// # Safety
+/// As [`reply_info`].
+pub unsafe fn sub_reply_info(msg: *mut sip_msg, code: i32) -> pua_core::subscribe::SubReplyInfo {
+    let base = reply_info(msg, code);
+    let mut d = shim::ReplyDlg::default();
+    let mut info = pua_core::subscribe::SubReplyInfo {
+        code: base.code,
+        expires: base.expires,
+        min_expires: base.min_expires,
+        retry_after: base.retry_after,
+        ..Default::default()
+    };
+    if shim::pua_shim_reply_dialog(msg, &mut d) == 0 {
+        info.to_tag = str_bytes(&d.to_tag).to_vec();
+        info.contact = str_bytes(&d.contact).to_vec();
+        info.record_route = str_bytes(&d.record_route).to_vec();
+        info.cseq = (d.has_cseq != 0).then_some(d.cseq);
+        if !d.record_route.s.is_null() {
+            shim::pua_shim_pkg_free(d.record_route.s.cast());
+        }
+    }
+    info
+}
+
+/// The dialog parts of an in-dialog request (a NOTIFY).
+pub struct RequestDialog {
+    pub call_id: Vec<u8>,
+    pub from_tag: Vec<u8>,
+    pub to_tag: Vec<u8>,
+    pub contact: Vec<u8>,
+}
+
+/// Reads Call-ID, tags and Contact of a request; None if it cannot be parsed.
+///
+/// # Safety
+/// `msg` must be the request being routed.
+pub unsafe fn request_dialog(msg: *mut sip_msg) -> Option<RequestDialog> {
+    let mut d = shim::RequestDlg::default();
+    if shim::pua_shim_request_dialog(msg, &mut d) < 0 {
+        return None;
+    }
+    Some(RequestDialog {
+        call_id: str_bytes(&d.call_id).to_vec(),
+        from_tag: str_bytes(&d.from_tag).to_vec(),
+        to_tag: str_bytes(&d.to_tag).to_vec(),
+        contact: str_bytes(&d.contact).to_vec(),
+    })
+}

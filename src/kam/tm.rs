@@ -71,3 +71,55 @@ pub fn t_request(
     }
     true
 }
+
+/// Sends `method` on a dialog described by `d` (see pua_shim_send_on_dialog).
+/// Returns false when tm refused (then `param` was not taken).
+///
+/// # Safety
+/// `param` must be what `cb` expects to receive back from tm.
+pub unsafe fn send_on_dialog(
+    tm: &tm_binds,
+    method: &[u8],
+    headers: &[u8],
+    d: &pua_core::subscribe::DialogSpec,
+    cb: transaction_cb,
+    param: *mut c_void,
+) -> bool {
+    let s = |v: &[u8]| borrowed_str(v);
+    let (mut m, mut h) = (s(method), s(headers));
+    let (mut cid, mut lt, mut rt) = (s(&d.call_id), s(&d.loc_tag), s(&d.rem_tag));
+    let (mut lu, mut ru, mut tgt) = (s(&d.loc_uri), s(&d.rem_uri), s(&d.rem_target));
+    let mut dst = d.dst_uri.as_deref().filter(|v| !v.is_empty()).map(s);
+    let mut route = s(&d.route_set);
+    let cb_ptr = cb.map_or(ptr::null_mut(), |f| f as *mut c_void);
+    // SAFETY: every str points at data that lives across the call; the
+    // shim builds the dialog on its stack and tm copies what it keeps.
+    let r = unsafe {
+        crate::kam::shim::pua_shim_send_on_dialog(
+            tm as *const tm_binds as *mut tm_binds,
+            &mut m,
+            &mut h,
+            ptr::null_mut(),
+            &mut cid,
+            &mut lt,
+            &mut rt,
+            d.cseq,
+            &mut lu,
+            &mut ru,
+            &mut tgt,
+            dst.as_mut().map_or(ptr::null_mut(), |v| v as *mut str_),
+            &mut route,
+            cb_ptr,
+            param,
+        )
+    };
+    if r < 0 {
+        lm_err!(
+            "tm refused to send {} (t_uac returned {})",
+            String::from_utf8_lossy(method),
+            r
+        );
+        return false;
+    }
+    true
+}

@@ -51,6 +51,16 @@ pub trait Host {
         body: Option<&[u8]>,
         next_hop: Option<&[u8]>,
     ) -> Result<(), SendError>;
+    /// Sends `method` on the dialog `d` (a new one when `d.rem_tag` is
+    /// empty), with completion handed to [`Engine::on_sub_reply`]. Ownership
+    /// of `req` as in [`Host::send`].
+    fn send_on_dialog(
+        &self,
+        req: Rec,
+        method: &[u8],
+        headers: &[u8],
+        d: &crate::subscribe::DialogSpec,
+    ) -> Result<(), SendError>;
     /// Runs the consumer callbacks for `hentity` (a copy of the request)
     /// with `msg` (a reply, or tm's FAKED_REPLY).
     fn run_callbacks(&self, hentity: &RecordData, msg: Msg);
@@ -74,6 +84,8 @@ pub struct EngineCfg {
     pub update_period: u32,
     /// The `outbound_proxy` parameter.
     pub outbound_proxy: Option<Vec<u8>>,
+    /// The `check_remote_contact` parameter (subscription lookups).
+    pub check_remote_contact: bool,
 }
 
 /// Counters in shared memory, seen by every process.
@@ -272,6 +284,9 @@ impl Engine {
     /// Sends a request block (no lock held). On failure the record goes
     /// back to idle (an initial one is dropped) and the block is freed.
     fn send_req(&self, host: &dyn Host, req: Rec) -> i32 {
+        if ext_of(req).kind >= crate::subscribe::SUB_INITIAL {
+            return self.send_sub_req(host, req);
+        }
         let d = RecordData::from_rec(req);
         let kind = Kind::from_u32(d.ext.kind).unwrap_or(Kind::Refresh);
         let Some(ev) = events::by_flag(d.event) else {
@@ -512,6 +527,11 @@ impl Engine {
     }
 
     /// Parks `req` on the record for a retry at `at`.
+    pub(crate) fn park(&self, e: &mut crate::table::Ext, req: Rec, at: u32) {
+        self.schedule(e, req, at)
+    }
+
+    /// Parks `req` on the record for a retry at `at`.
     fn schedule(&self, e: &mut crate::table::Ext, req: Rec, at: u32) {
         if !e.retry_req.is_null() {
             // SAFETY: a parked request owned by the record.
@@ -529,12 +549,25 @@ impl Engine {
 
     /// Decides queued requests anew, in order (the first goes out, the
     /// next ones queue behind it again).
+    pub(crate) fn resubmit_requests(&self, host: &dyn Host, pending: Vec<Rec>) {
+        self.resubmit(host, pending)
+    }
+
     fn resubmit(&self, host: &dyn Host, pending: Vec<Rec>) {
         for q in pending {
             let d = RecordData::from_rec(q);
             // SAFETY: dequeued blocks belong to us.
             unsafe { free_record(q) };
-            let code = self.send_publish(host, d.clone());
+            let code = if d.watcher_uri.is_some() {
+                self.send_subscribe(
+                    host,
+                    d.clone(),
+                    Default::default(),
+                    self.cfg.check_remote_contact,
+                )
+            } else {
+                self.send_publish(host, d.clone())
+            };
             if code != 0 && d.ua_flag == REQ_OTHER {
                 // The consumer was told 0 when it was queued; tell it now.
                 lm_err!(
@@ -575,6 +608,14 @@ impl Engine {
                                 e.gen = e.gen.wrapping_add(1);
                                 e.sent_at = now;
                                 ext_of(q).gen = e.gen;
+                                if ext_of(q).kind >= crate::subscribe::SUB_INITIAL {
+                                    // A new transaction on the dialog: next CSeq.
+                                    let rec = b.get_mut(r);
+                                    rec.cseq = rec.cseq.wrapping_add(1);
+                                    let cseq = rec.cseq;
+                                    // SAFETY: we own the parked block; fixed-size field.
+                                    unsafe { (*q.as_ptr()).cseq = cseq };
+                                }
                                 to_send.push(q);
                                 st.retried += 1;
                             }
@@ -592,8 +633,35 @@ impl Engine {
                         }
                         continue;
                     }
-                    if p.watcher_uri.is_null()
-                        && p.etag.len > 0
+                    if !p.watcher_uri.is_null() {
+                        // A subscription: refresh a confirmed one in time,
+                        // drop a temporary one that never got its 2xx and
+                        // one that ran out.
+                        let confirmed = p.to_tag.len > 0;
+                        if confirmed
+                            && publish::needs_refresh(
+                                p.expires,
+                                p.desired_expires,
+                                now,
+                                period,
+                                self.cfg.min_expires,
+                            )
+                            && p.expires >= now
+                        {
+                            if let Some(q) = self.sub_refresh_req(&mut b, r, now) {
+                                to_send.push(q);
+                                st.refreshed += 1;
+                            }
+                        } else if p.expires < now.saturating_sub(if confirmed { 10 } else { 0 }) {
+                            let pending = take_pending(e);
+                            b.delete(r);
+                            st.expired_deleted += 1;
+                            for q in pending {
+                                // SAFETY: queued blocks of a deleted record.
+                                unsafe { free_record(q) };
+                            }
+                        }
+                    } else if p.etag.len > 0
                         && publish::needs_refresh(
                             p.expires,
                             p.desired_expires,
@@ -644,6 +712,16 @@ impl Engine {
         }
         st
     }
+}
+
+/// [`enqueue`] for the SUBSCRIBE side.
+pub(crate) fn enqueue_request(e: &mut crate::table::Ext, q: Rec) {
+    enqueue(e, q)
+}
+
+/// [`take_pending`] for the SUBSCRIBE side.
+pub(crate) fn take_pending_requests(e: &mut crate::table::Ext) -> Vec<Rec> {
+    take_pending(e)
 }
 
 /// Appends a request block to a record's queue. A waiting request without
@@ -697,6 +775,8 @@ mod tests {
     const FAKED: Msg = Msg(usize::MAX as *mut sip_msg);
     const MSG: Msg = Msg(0x1000 as *mut sip_msg);
 
+    /// (request, method, headers, dialog) of each in-dialog send.
+    type SentOnDialog = (Rec, String, String, crate::subscribe::DialogSpec);
     /// (request, headers, body, next hop) of each send.
     type Sent = (Rec, String, Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -705,6 +785,7 @@ mod tests {
         now: Cell<u32>,
         sent: RefCell<Vec<Sent>>,
         callbacks: RefCell<Vec<(RecordData, Msg)>>,
+        dialogs: RefCell<Vec<SentOnDialog>>,
         fail_send: Cell<bool>,
     }
 
@@ -732,6 +813,24 @@ mod tests {
         }
         fn run_callbacks(&self, h: &RecordData, msg: Msg) {
             self.callbacks.borrow_mut().push((h.clone(), msg));
+        }
+        fn send_on_dialog(
+            &self,
+            req: Rec,
+            method: &[u8],
+            headers: &[u8],
+            d: &crate::subscribe::DialogSpec,
+        ) -> Result<(), SendError> {
+            if self.fail_send.get() {
+                return Err(SendError);
+            }
+            self.dialogs.borrow_mut().push((
+                req,
+                String::from_utf8_lossy(method).into_owned(),
+                String::from_utf8_lossy(headers).into_owned(),
+                d.clone(),
+            ));
+            Ok(())
         }
         fn faked_reply(&self) -> Msg {
             FAKED
@@ -774,6 +873,7 @@ mod tests {
                 min_expires: 0,
                 update_period: 100,
                 outbound_proxy: None,
+                check_remote_contact: false,
             },
             shared: Box::leak(Box::new(Shared {
                 scheduled: AtomicU32::new(0),
@@ -1083,5 +1183,260 @@ mod tests {
         h.now.set(10_080);
         assert_eq!(e.pass(&h, true).expired_deleted, 1);
         assert!(stored(&e).is_empty());
+    }
+
+    // ---- SUBSCRIBE ----
+
+    use crate::subscribe::{SubReplyInfo, SubsFlags, SUB_INITIAL, SUB_REFRESH};
+    use crate::table::dialog;
+
+    fn sub_intent(expires: i32, cb: usize) -> RecordData {
+        RecordData {
+            pres_uri: b"sip:carol@example.com".to_vec(),
+            watcher_uri: Some(b"sip:rls@example.com".to_vec()),
+            contact: b"sip:rls@127.0.0.1:5060".to_vec(),
+            event: PRESENCE_EVENT,
+            flag: RLS_SUBSCRIBE,
+            id: b"rls-1".to_vec(),
+            cb_param: cb,
+            ua_flag: REQ_OTHER,
+            desired_expires: publish::desired_expires(expires, 10_000),
+            ext: crate::table::Ext {
+                asked: publish::asked_expires(expires, 3600, 0),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn pop_dialog(h: &FakeHost) -> SentOnDialog {
+        h.dialogs.borrow_mut().remove(0)
+    }
+
+    fn sub_ok(expires: Option<&str>, cseq: u32, contact: &str) -> SubReplyInfo {
+        SubReplyInfo {
+            code: 200,
+            expires: expires.map(|e| e.as_bytes().to_vec()),
+            to_tag: b"srv-tag".to_vec(),
+            contact: contact.as_bytes().to_vec(),
+            record_route: b"<sip:proxy;lr>".to_vec(),
+            cseq: Some(cseq),
+            ..Default::default()
+        }
+    }
+
+    fn confirmed_subscription(e: &Engine, h: &FakeHost) -> RecordData {
+        assert_eq!(
+            e.send_subscribe(h, sub_intent(600, 3), SubsFlags::default(), false),
+            0
+        );
+        let (q, m, hdr, d) = pop_dialog(h);
+        assert_eq!(m, "SUBSCRIBE");
+        assert!(
+            hdr.contains("Expires: 600\r\n") && hdr.contains("Contact: <sip:rls@127.0.0.1:5060>"),
+            "{hdr}"
+        );
+        assert!(d.rem_tag.is_empty());
+        assert_eq!(
+            (d.cseq, d.rem_target.as_slice()),
+            (10, &b"sip:carol@example.com"[..])
+        );
+        let mut tmp = stored(e).remove(0);
+        assert!(tmp.to_tag.is_empty());
+        tmp.to_tag = b"srv-tag".to_vec();
+        assert_eq!(
+            dialog::is_dialog(&e.table, &tmp),
+            1,
+            "temporary dialog before the 2xx"
+        );
+        e.on_sub_reply(h, q, Some(&sub_ok(None, 10, "sip:carol@10.0.0.9")), MSG);
+        let rec = stored(e).remove(0);
+        assert_eq!(rec.to_tag, b"srv-tag");
+        assert_eq!(
+            rec.expires, 10_600,
+            "2xx without Expires keeps what we asked"
+        );
+        assert_eq!(rec.remote_contact, b"sip:carol@10.0.0.9");
+        assert_eq!(dialog::is_dialog(&e.table, &rec), 0);
+        let cbs = h.callbacks.borrow();
+        assert_eq!(cbs.len(), 1);
+        assert_eq!(cbs[0].0.to_tag, b"srv-tag", "callbacks see the To tag");
+        rec
+    }
+
+    #[test]
+    fn subscribe_dialog_lifecycle() {
+        let (e, h) = engine();
+        let rec = confirmed_subscription(&e, &h);
+        // A consumer refresh goes in dialog with the next CSeq and the route set.
+        assert_eq!(
+            e.send_subscribe(&h, sub_intent(600, 0), SubsFlags::default(), false),
+            0
+        );
+        let (q, _, _, d) = pop_dialog(&h);
+        assert_eq!((d.cseq, d.rem_tag.as_slice()), (11, &b"srv-tag"[..]));
+        assert_eq!(d.rem_target, rec.remote_contact);
+        assert_eq!(d.route_set, b"<sip:proxy;lr>");
+        assert_eq!(d.call_id, rec.call_id);
+        assert_eq!(ext_of(q).kind, SUB_REFRESH);
+        // 481: the dialog is gone.
+        e.on_sub_reply(
+            &h,
+            q,
+            Some(&SubReplyInfo {
+                code: 481,
+                ..Default::default()
+            }),
+            MSG,
+        );
+        assert!(stored(&e).is_empty());
+        assert!(
+            h.dialogs.borrow().is_empty(),
+            "no storm of new initial SUBSCRIBEs"
+        );
+    }
+
+    #[test]
+    fn subscribe_refresh_survives_timeouts_and_5xx() {
+        let (e, h) = engine();
+        confirmed_subscription(&e, &h);
+        e.send_subscribe(&h, sub_intent(600, 0), SubsFlags::default(), false);
+        let (q, _, _, _) = pop_dialog(&h);
+        let mut r503 = SubReplyInfo {
+            code: 503,
+            ..Default::default()
+        };
+        r503.retry_after = Some(b"7".to_vec());
+        e.on_sub_reply(&h, q, Some(&r503), MSG);
+        assert_eq!(stored(&e).len(), 1, "dialog kept");
+        h.now.set(10_006);
+        assert_eq!(e.pass(&h, false).retried, 0);
+        h.now.set(10_007);
+        assert_eq!(e.pass(&h, false).retried, 1);
+        let (q, _, _, d) = pop_dialog(&h);
+        assert_eq!(d.cseq, 12, "a retry is a new transaction");
+        e.on_sub_reply(&h, q, None, FAKED);
+        assert_eq!(
+            stored(&e).len(),
+            1,
+            "no reply does not kill the dialog either"
+        );
+        h.now.set(10_020);
+        e.pass(&h, false);
+        let (q, _, _, d) = pop_dialog(&h);
+        assert_eq!(d.cseq, 13);
+        e.on_sub_reply(&h, q, Some(&sub_ok(Some("300"), 13, "")), MSG);
+        let rec = stored(&e).remove(0);
+        assert_eq!((rec.expires, rec.ext.state), (10_320, 0));
+    }
+
+    #[test]
+    fn subscribe_interval_too_brief() {
+        let (e, h) = engine();
+        e.send_subscribe(&h, sub_intent(60, 0), SubsFlags::default(), false);
+        let (q, _, _, _) = pop_dialog(&h);
+        let r423 = SubReplyInfo {
+            code: 423,
+            min_expires: Some(b"1800".to_vec()),
+            ..Default::default()
+        };
+        e.on_sub_reply(&h, q, Some(&r423), MSG);
+        let (q, _, hdr, d) = pop_dialog(&h);
+        assert!(hdr.contains("Expires: 1800\r\n"), "{hdr}");
+        assert_eq!(d.cseq, 11);
+        assert_eq!(ext_of(q).kind, SUB_INITIAL);
+    }
+
+    #[test]
+    fn notify_updates_the_remote_target() {
+        let (e, h) = engine();
+        let rec = confirmed_subscription(&e, &h);
+        // The NOTIFY's To tag is our From tag; its From tag our To tag.
+        assert_eq!(
+            e.update_contact(
+                &rec.call_id,
+                b"srv-tag",
+                &rec.from_tag,
+                b"sip:carol@10.0.0.42:5070"
+            ),
+            1
+        );
+        assert_eq!(stored(&e)[0].remote_contact, b"sip:carol@10.0.0.42:5070");
+        e.send_subscribe(&h, sub_intent(600, 0), SubsFlags::default(), false);
+        let (_, _, _, d) = pop_dialog(&h);
+        assert_eq!(
+            d.rem_target, b"sip:carol@10.0.0.42:5070",
+            "the next SUBSCRIBE goes to the new Contact"
+        );
+        assert_eq!(
+            e.update_contact(&rec.call_id, b"srv-tag", &rec.from_tag, b"garbage"),
+            -1
+        );
+        assert_eq!(
+            e.update_contact(b"unknown", b"srv-tag", &rec.from_tag, b"sip:x@y"),
+            -1
+        );
+        assert_eq!(
+            e.update_contact(&rec.call_id, b"srv-tag", b"", b"sip:x@y"),
+            -1
+        );
+        assert_eq!(
+            e.update_contact(&rec.call_id, b"srv-tag", b"wrong-orientation", b"sip:x@y"),
+            -1
+        );
+    }
+
+    #[test]
+    fn unsubscribe_and_initial_failures() {
+        let (e, h) = engine();
+        confirmed_subscription(&e, &h);
+        e.send_subscribe(&h, sub_intent(0, 0), SubsFlags::default(), false);
+        let (q, _, hdr, _) = pop_dialog(&h);
+        assert!(hdr.contains("Expires: 0\r\n"));
+        e.on_sub_reply(&h, q, Some(&sub_ok(Some("0"), 11, "")), MSG);
+        assert!(stored(&e).is_empty());
+        // An initial SUBSCRIBE refused: the temporary dialog goes away.
+        e.send_subscribe(&h, sub_intent(600, 0), SubsFlags::default(), false);
+        let (q, _, _, _) = pop_dialog(&h);
+        e.on_sub_reply(
+            &h,
+            q,
+            Some(&SubReplyInfo {
+                code: 404,
+                ..Default::default()
+            }),
+            MSG,
+        );
+        assert!(stored(&e).is_empty());
+        // tm refusing an initial SUBSCRIBE: 0 as C, nothing left behind.
+        h.fail_send.set(true);
+        assert_eq!(
+            e.send_subscribe(&h, sub_intent(600, 0), SubsFlags::default(), false),
+            0
+        );
+        assert!(stored(&e).is_empty());
+    }
+
+    #[test]
+    fn subscription_refreshed_by_the_pass() {
+        let (e, h) = engine();
+        e.send_subscribe(&h, sub_intent(600, 0), SubsFlags::default(), false);
+        let (q, _, _, _) = pop_dialog(&h);
+        // The notifier grants less than asked: refresh before it runs out.
+        e.on_sub_reply(&h, q, Some(&sub_ok(Some("200"), 10, "sip:c@h")), MSG);
+        h.callbacks.borrow_mut().clear();
+        h.now.set(10_150);
+        assert_eq!(e.pass(&h, true).refreshed, 1);
+        let (q, _, hdr, d) = pop_dialog(&h);
+        assert_eq!(d.cseq, 11);
+        assert!(
+            hdr.contains("Expires: 450\r\n"),
+            "what is left of the desired lifetime: {hdr}"
+        );
+        e.on_sub_reply(&h, q, Some(&sub_ok(Some("50"), 11, "")), MSG);
+        assert!(
+            h.callbacks.borrow().is_empty(),
+            "our own refresh: no consumer callback"
+        );
     }
 }

@@ -22,6 +22,7 @@ pub mod log;
 pub mod params;
 pub mod publish;
 pub mod shm;
+pub mod subscribe;
 pub mod table;
 #[cfg(any(test, feature = "test-arena"))]
 pub mod testing;
