@@ -671,7 +671,8 @@ impl Engine {
                 };
             }
         }
-        lm_err!(
+        // Normal after an un-SUBSCRIBE: the final NOTIFY comes after its 2xx.
+        crate::lm_notice!(
             "pua_update_contact: no pua dialog for Call-ID {}",
             String::from_utf8_lossy(call_id)
         );
