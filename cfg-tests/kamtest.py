@@ -14,10 +14,16 @@ template's placeholders are replaced (see Kamailio.PLACEHOLDERS):
   @CTL_SOCK@  "unix:<sock>" (quoted), for modparam("ctl", "binrpc", ...)
   @WORKDIR@   <work> (bare path, use it inside quotes)
   @SIP_PORT@  a free UDP port on 127.0.0.1 (bare number)
+  @HTTP_PORT@ another free port (its TCP side is free too), for a
+              listen=tcp:127.0.0.1:@HTTP_PORT@ serving xhttp/jsonrpcs (bare)
   @NAME@      the instance name (bare)
 plus any extra placeholders a test passes in `subst` (values used as is,
 replaced first, so they may contain the built-in placeholders).
 A placeholder left over after substitution is an error.
+
+An instance made with pua_so=None (TestContext.server(), e.g. the presence
+server of the PUBLISH tests, cfg-tests/servers/) loads Debian's modules
+only: @MPATH@ is then just Debian's directory.
 
 Every process started here is started in its own session (process group)
 and is stopped by PID (SIGTERM, then SIGKILL of its process group); an
@@ -25,6 +31,8 @@ atexit hook stops whatever is still running.
 """
 
 import atexit
+import http.client
+import json
 import os
 import re
 import shutil
@@ -39,6 +47,7 @@ KAMCMD = "/usr/sbin/kamcmd"
 DEBIAN_MODS = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 C_PUA = os.path.join(DEBIAN_MODS, "pua.so")
 SCHEMA_DIR = "/usr/share/kamailio/db_sqlite"
+SERVERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "servers")
 DEFAULT_SCHEMAS = ("standard", "presence")
 
 START_TIMEOUT = 20.0   # s until the ctl socket must answer / kamailio must exit
@@ -175,6 +184,7 @@ class Kamailio:
         self.shm_mb = shm_mb
         self.pkg_mb = pkg_mb
         self.port = free_udp_port()
+        self.http_port = free_udp_port()
         self.mods_dir = os.path.join(self.work, "mods-" + name)
         self.db_path = os.path.join(self.work, name + ".db")
         self.cfg_path = os.path.join(self.work, name + ".cfg")
@@ -200,12 +210,17 @@ class Kamailio:
             if (st.startswith("#") and not st.startswith("#!")) or st.startswith("//"):
                 if re.search(r"@[A-Z][A-Z0-9_]*@", line):
                     raise RuntimeError("%s:%d: placeholder in a comment" % (self.template, n))
+        if self.pua_so is None:
+            mpath = '"%s/"' % DEBIAN_MODS
+        else:
+            mpath = '"%s/:%s/"' % (self.mods_dir, DEBIAN_MODS)
         values = {
-            "@MPATH@": '"%s/:%s/"' % (self.mods_dir, DEBIAN_MODS),
+            "@MPATH@": mpath,
             "@DB_URL@": '"sqlite:///%s"' % self.db_path,
             "@CTL_SOCK@": '"unix:%s"' % self.ctl_sock,
             "@WORKDIR@": self.work,
             "@SIP_PORT@": str(self.port),
+            "@HTTP_PORT@": str(self.http_port),
             "@NAME@": self.name,
         }
         # The test's own placeholders first, so their values may contain the
@@ -223,12 +238,13 @@ class Kamailio:
         os.makedirs(self.work, exist_ok=True)
         if os.path.isdir(self.mods_dir):
             shutil.rmtree(self.mods_dir)
-        os.makedirs(self.mods_dir)
-        if not os.path.isfile(self.pua_so):
-            raise TestFailure("pua.so not found: %s (run `make build`)" % self.pua_so)
-        # A copy, not a symlink: a rebuild that rewrites pua.so in place must
-        # not change the code under a running Kamailio.
-        shutil.copy2(self.pua_so, os.path.join(self.mods_dir, "pua.so"))
+        if self.pua_so is not None:
+            os.makedirs(self.mods_dir)
+            if not os.path.isfile(self.pua_so):
+                raise TestFailure("pua.so not found: %s (run `make build`)" % self.pua_so)
+            # A copy, not a symlink: a rebuild that rewrites pua.so in place
+            # must not change the code under a running Kamailio.
+            shutil.copy2(self.pua_so, os.path.join(self.mods_dir, "pua.so"))
         if self.schemas is not None:
             create_db(self.db_path, self.schemas, self.extra_sql)
         with open(self.cfg_path, "w") as f:
@@ -372,6 +388,48 @@ class Kamailio:
                 cur = {}
         return procs
 
+    def jsonrpc(self, method, *params, timeout=CTL_TIMEOUT):
+        """Call an RPC method through jsonrpcs over HTTP (POST /RPC to
+        127.0.0.1:<http_port>; the cfg needs listen=tcp:...:@HTTP_PORT@,
+        xhttp and jsonrpcs with event_route[xhttp:request] calling
+        jsonrpc_dispatch()).  Unlike binrpc (kamcmd) this transport carries
+        delayed replies (pua_rpc's pua.publish).  Returns the decoded JSON
+        reply ({"result": ...} or {"error": {"code", "message"}}); raises
+        TestFailure if there is no HTTP answer within timeout s."""
+        self._rpc_id = getattr(self, "_rpc_id", 0) + 1
+        req = json.dumps({"jsonrpc": "2.0", "method": method,
+                          "params": [str(p) if isinstance(p, int) else p for p in params],
+                          "id": self._rpc_id})
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+        try:
+            conn.request("POST", "/RPC", body=req.encode(),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise TestFailure("RPC %s: no answer from %s:%d within %.0f s (%s: %s)"
+                              % (method, "127.0.0.1", self.http_port, timeout,
+                                 type(e).__name__, e))
+        finally:
+            conn.close()
+        try:
+            out = json.loads(data.decode("utf-8", "replace")) if data.strip() else {}
+        except ValueError:
+            raise TestFailure("RPC %s: HTTP %d with a non-JSON body %r"
+                              % (method, resp.status, data[:200]))
+        out["_http_status"] = resp.status
+        return out
+
+    def sql(self, query, args=(), timeout=5.0):
+        """Rows of a query on this instance's SQLite db (read while Kamailio
+        runs: short connection, busy timeout)."""
+        con = sqlite3.connect("file:%s?mode=ro" % self.db_path, uri=True, timeout=timeout)
+        try:
+            con.row_factory = sqlite3.Row
+            return [dict(r) for r in con.execute(query, args).fetchall()]
+        finally:
+            con.close()
+
     # --- assertions ------------------------------------------------------
     def check_workers_alive(self, settle=2.0, converge=5.0):
         """Every process core.psx lists (but the main one) is a live child of
@@ -486,6 +544,8 @@ class TestContext:
         self.case = case
         self.instances = []
         self.notes = []
+        self.c_bugs = []       # reasons recorded by beyond_c() in the [c] variant
+        self.endpoints = []    # sip.Uas/Uac of the test, stopped by cleanup()
 
     def kamailio(self, cfg="kamailio.cfg", name="kamailio", **kw):
         path = cfg if os.path.isabs(cfg) else os.path.join(self.test_dir, cfg)
@@ -493,10 +553,56 @@ class TestContext:
         self.instances.append(k)
         return k
 
+    def server(self, cfg="presence.cfg", name="presence", **kw):
+        """A second Kamailio with Debian's modules only (no pua.so under
+        test), e.g. the presence server; cfg is looked up in the test's dir,
+        then in cfg-tests/servers/."""
+        if not os.path.isabs(cfg) and not os.path.exists(os.path.join(self.test_dir, cfg)):
+            cfg = os.path.join(SERVERS_DIR, cfg)
+        path = cfg if os.path.isabs(cfg) else os.path.join(self.test_dir, cfg)
+        k = Kamailio(path, self.work_dir, None, name=name, **kw)
+        self.instances.append(k)
+        return k
+
+    def uas(self, port=0, script=None, **kw):
+        """A sip.Uas on 127.0.0.1 (stopped after the test)."""
+        import sip
+        ep = sip.Uas(port, script, **kw)
+        self.endpoints.append(ep)
+        return ep
+
+    def uac(self, port=0, script=None, **kw):
+        """A sip.Uac on 127.0.0.1 (stopped after the test)."""
+        import sip
+        ep = sip.Uac(port, script, **kw)
+        self.endpoints.append(ep)
+        return ep
+
     def note(self, msg):
         """Extra information printed under the PASS/FAIL line with -v."""
         self.notes.append(msg)
 
+    def beyond_c(self, fn, *args, **kw):
+        """Run fn(*args, **kw), an assertion where our pua must do better
+        than the C module.  [ours]: as any check (a TestFailure fails the
+        test).  [c]: fn is expected to fail; its TestFailure is recorded as
+        "C module shows the bug: <reason>" and the test goes on; if fn
+        passes, the [c] variant FAILS ("C module unexpectedly passes").
+        Returns fn's value ([ours], or [c] if it passed) or None."""
+        if self.variant.is_ours:
+            return fn(*args, **kw)
+        try:
+            v = fn(*args, **kw)
+        except TestFailure as e:
+            first = str(e).split("\n", 1)[0]
+            self.c_bugs.append(first)
+            self.note("C module shows the bug: " + str(e))
+            return None
+        raise TestFailure("C module unexpectedly passes a beyond-C check (%s)"
+                          % getattr(fn, "__name__", fn))
+
     def cleanup(self):
         for k in self.instances:
             k.stop()
+        for ep in self.endpoints:
+            ep.stop()

@@ -20,6 +20,18 @@ or
 (kamtest.check(cond, msg)) or any other exception.  Work files go to
 cfg-tests/work/<name>[-<case>]-<variant>/ (recreated on every run).
 
+Per-test variant control (optional, in test.py):
+    VARIANTS = ("ours",)        run only these variants of the test; a case
+                                whose data is a dict may narrow it with
+                                data["variants"]
+    BEYOND_C = True             (or data["beyond_c"] per case) the test holds
+                                our pua to more than the C module does: its
+                                beyond-C assertions go through
+                                t.beyond_c(fn); in [c] each must fail, and
+                                the [c] variant PASSES as "C module shows
+                                the bug: <reason>"; a [c] run of such a test
+                                that records no C bug FAILS.
+
 Output: one line per test and variant, `PASS <name> [<variant>]` or
 `FAIL <name> [<variant>]: <reason>` (details indented below), then the line
 `cfg-tests: N passed, M failed`.  Exit status 1 if anything failed or
@@ -101,6 +113,12 @@ def slug(s):
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", s)
 
 
+def case_attr(mod, data, key, mod_attr, default):
+    if isinstance(data, dict) and key in data:
+        return data[key]
+    return getattr(mod, mod_attr, default)
+
+
 def run_one(work_root, full_name, test_dir, mod, case_name, data, variant, verbose):
     work = os.path.join(work_root, "%s-%s" % (slug(full_name.replace(":", "-")), variant.name))
     if os.path.isdir(work):
@@ -129,8 +147,15 @@ def run_one(work_root, full_name, test_dir, mod, case_name, data, variant, verbo
                 reason = "cleanup failed:\n" + traceback.format_exc()
     dt = time.monotonic() - t0
     tag = "%s [%s]" % (full_name, variant.name)
+    beyond = case_attr(mod, data, "beyond_c", "BEYOND_C", False)
+    if reason is None and beyond and not variant.is_ours and not t.c_bugs:
+        reason = ("the test is declared BEYOND_C, but no t.beyond_c() check "
+                  "showed a C module bug")
     if reason is None:
-        print("PASS %s" % tag, flush=True)
+        if t.c_bugs:
+            print("PASS %s: C module shows the bug: %s" % (tag, "; ".join(t.c_bugs)), flush=True)
+        else:
+            print("PASS %s" % tag, flush=True)
         if verbose:
             print("    (%.1f s, work dir %s)" % (dt, os.path.relpath(work, REPO)))
             for n in t.notes:
@@ -178,7 +203,10 @@ def main():
         for full_name, d, mod, case_name, data in discover():
             if args.match not in full_name:
                 continue
+            allowed = case_attr(mod, data, "variants", "VARIANTS", None)
             for v in variants:
+                if allowed is not None and v.name not in allowed:
+                    continue
                 if run_one(work_root, full_name, d, mod, case_name, data, v, args.verbose):
                     passed += 1
                 else:
