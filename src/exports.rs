@@ -364,13 +364,20 @@ unsafe extern "C" fn timer_retry(_ticks: c_uint, _param: *mut c_void) {
     })
 }
 
-/// The cleanup timer every `update_period - 5` s (as C), and a 1 s timer
-/// for retries that are due (it does nothing while none is scheduled).
-pub fn register_timers(update_period: u32) -> Result<(), String> {
+unsafe extern "C" fn timer_db_sync(_ticks: c_uint, _param: *mut c_void) {
+    ffi("pua db sync timer", (), module::db_sync)
+}
+
+/// The cleanup timer every `update_period - 5` s (as C), a 1 s timer for
+/// retries that are due (it does nothing while none is scheduled), and in
+/// db_mode 0 the database sync every `update_period` s.
+pub fn register_timers(update_period: u32, db_sync: bool) -> Result<(), String> {
     // SAFETY: registering timer functions in mod_init, before the fork.
     unsafe {
         if pua_sys::register_timer(Some(timer_cleanup), ptr::null_mut(), update_period - 5) < 0
             || pua_sys::register_timer(Some(timer_retry), ptr::null_mut(), 1) < 0
+            || (db_sync
+                && pua_sys::register_timer(Some(timer_db_sync), ptr::null_mut(), update_period) < 0)
         {
             lm_crit!("cannot register the pua timers");
             return Err("cannot register the pua timers".into());

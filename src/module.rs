@@ -62,32 +62,38 @@ pub fn init() -> Result<(), String> {
         return Err("cannot load the tm API: loadmodule \"tm.so\" before pua".into());
     }
 
+    let table = match cfg.db_mode {
+        DbMode::Memory => Some(Table::new(cfg.buckets).ok_or_else(|| {
+            format!(
+                "modparam(\"pua\", \"hash_size\"): no shared memory for {} buckets (raise -m or lower hash_size)",
+                cfg.buckets
+            )
+        })?),
+        DbMode::DbOnly => None,
+    };
+
     let db = DbApi::bind(&cfg.db_url)
         .map_err(|e| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message))?;
     {
-        let mut conn = db
-            .connect(&cfg.db_url, false)
-            .map_err(|e| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message))?;
-        conn.check_version(&cfg.db_table)
-            .map_err(|e| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message))?;
-        if cfg.db_mode == DbMode::Memory {
-            conn.probe(&cfg.db_table, cfg.fetch_rows)
-                .map_err(|e| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message))?;
+        let name = |e: db::DbError| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message);
+        let mut conn = db.connect(&cfg.db_url, false).map_err(name)?;
+        conn.check_version(&cfg.db_table).map_err(name)?;
+        if let Some(t) = table {
+            // db_mode 0: load what the last run left (rows stay in the table).
+            conn.use_table(&cfg.db_table).map_err(name)?;
+            conn.set_fetch_rows(cfg.fetch_rows);
+            let n = pua_core::persist::restore(&t, &mut conn, crate::publish::now()).map_err(|_| {
+                format!(
+                    "modparam(\"pua\", \"db_table\"): cannot read table '{}' to restore the records",
+                    String::from_utf8_lossy(&cfg.db_table)
+                )
+            })?;
+            if n > 0 {
+                lm_info!("restored {} records from the database", n);
+            }
         }
         // The connection closes here: children open their own.
     }
-
-    let table = match cfg.db_mode {
-        DbMode::Memory => Some(
-            Table::new(cfg.buckets).ok_or_else(|| {
-                format!(
-                    "modparam(\"pua\", \"hash_size\"): no shared memory for {} buckets (raise -m or lower hash_size)",
-                    cfg.buckets
-                )
-            })?,
-        ),
-        DbMode::DbOnly => None,
-    };
 
     crate::api::register_builtin_events(&cfg)?;
 
@@ -104,6 +110,7 @@ pub fn init() -> Result<(), String> {
                     outbound_proxy: (!cfg.outbound_proxy.is_empty())
                         .then(|| cfg.outbound_proxy.clone()),
                     check_remote_contact: cfg.check_remote_contact,
+                    persist: cfg.update_period > 0,
                 },
                 // SAFETY: zeroed shm is a valid `Shared` (atomics at 0); it
                 // lives until module destroy, in every process.
@@ -114,7 +121,7 @@ pub fn init() -> Result<(), String> {
     };
 
     if cfg.update_period > 5 {
-        crate::exports::register_timers(cfg.update_period)?;
+        crate::exports::register_timers(cfg.update_period, cfg.db_mode == DbMode::Memory)?;
     }
 
     match table {
@@ -170,6 +177,26 @@ pub fn child_init(rank: i32) -> Result<(), String> {
 pub fn destroy() {
     db::close_process_conn();
     if let Some(st) = state() {
+        if let Some(e) = st.engine.as_ref() {
+            // Module destroy flushes the table (the C module could not: its
+            // main process has no database connection).
+            let conn = st.db.connect(&st.cfg.db_url, false).and_then(|mut c| {
+                c.use_table(&st.cfg.db_table)?;
+                Ok(c)
+            });
+            match conn {
+                Ok(mut c) => {
+                    let s = pua_core::persist::sync(
+                        &e.table,
+                        &e.shared.tombs,
+                        &mut c,
+                        crate::publish::now(),
+                    );
+                    lm_info!("final database sync: {:?}", s);
+                }
+                Err(_) => lm_err!("cannot open the database to save the records at shutdown"),
+            }
+        }
         if let Some(t) = st.table {
             let n = t.len();
             if n > 0 {
@@ -191,6 +218,23 @@ pub fn cleanup() -> PassStats {
     match state().and_then(|s| s.engine.as_ref()) {
         Some(e) => e.pass(&crate::publish::KamHost, true),
         None => PassStats::default(),
+    }
+}
+
+/// The database sync (every update_period s, db_mode 0), in the timer
+/// process with its own connection.
+pub fn db_sync() {
+    let Some(st) = state() else { return };
+    let Some(e) = st.engine.as_ref() else { return };
+    let now = crate::publish::now();
+    let stats =
+        db::with_process_conn(|c| pua_core::persist::sync(&e.table, &e.shared.tombs, c, now));
+    if let Some(s) = stats {
+        if s.failed > 0 {
+            pua_core::lm_warn!("database sync: {:?} (failed rows are retried next time)", s);
+        } else if s != Default::default() {
+            pua_core::lm_dbg!("database sync: {:?}", s);
+        }
     }
 }
 

@@ -86,6 +86,7 @@ impl DbApi {
             api: *self,
             h,
             table: None,
+            fetch_rows: 500,
         })
     }
 }
@@ -96,6 +97,8 @@ pub struct Conn {
     h: *mut db1_con_t,
     /// The table name the db layer points at (see `use_table`).
     table: Option<(Box<[u8]>, Box<str_>)>,
+    /// Rows per fetch when loading (`fetch_rows`).
+    fetch_rows: u32,
 }
 
 impl Conn {
@@ -112,49 +115,6 @@ impl Conn {
                      create it from Kamailio's presence-create.sql)",
                     String::from_utf8_lossy(table),
                     PUA_TABLE_VERSION
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Reads (at most `rows` of) the table once, to prove it is there and
-    /// readable: the C module fails start-up in db_mode 0 when its restore
-    /// query fails (a dropped table whose `version` row is still there).
-    pub fn probe(&mut self, table: &[u8], rows: u32) -> Result<(), DbError> {
-        self.use_table(table)?;
-        let col = borrowed_str(b"pres_uri");
-        let cols: [pua_sys::db_key_t; 1] = [&col as *const str_ as pua_sys::db_key_t];
-        let mut res: *mut pua_sys::db1_res_t = std::ptr::null_mut();
-        // SAFETY: valid handle and function table; `cols` and `col` live
-        // across the call; the result is freed below with the same API.
-        let r = unsafe {
-            pua_sys::db_fetch_query(
-                &mut self.api.f,
-                rows.max(1) as i32,
-                self.h,
-                std::ptr::null(),
-                std::ptr::null(),
-                std::ptr::null(),
-                cols.as_ptr(),
-                0,
-                1,
-                std::ptr::null_mut(),
-                &mut res,
-            )
-        };
-        if !res.is_null() {
-            if let Some(free) = self.api.f.free_result {
-                // SAFETY: a result of this connection, freed once.
-                unsafe { free(self.h, res) };
-            }
-        }
-        if r < 0 {
-            return Err(err(
-                "db_table",
-                format!(
-                    "cannot read table '{}' (does it exist?)",
-                    String::from_utf8_lossy(table)
                 ),
             ));
         }
@@ -218,4 +178,254 @@ pub fn with_process_conn<R>(f: impl FnOnce(&mut Conn) -> R) -> Option<R> {
 /// Closes this process's connection (module destroy).
 pub fn close_process_conn() {
     CONN.with(|s| s.borrow_mut().take());
+}
+
+// ---- the pua table through the generic DB API (pua_core::persist::Store) ----
+
+use pua_core::persist::{DbFail, OwnedVal, Store, Val};
+use pua_sys::{db_key_t, db_op_t, db_val_t, db_val_t__bindgen_ty_1};
+use std::os::raw::c_char;
+
+/// Column names as `str`s (db_key_t points at them during a call).
+fn keys(cols: &[&'static str]) -> Vec<str_> {
+    cols.iter().map(|c| borrowed_str(c.as_bytes())).collect()
+}
+
+fn key_ptrs(k: &mut [str_]) -> Vec<db_key_t> {
+    k.iter_mut().map(|s| s as *mut str_).collect()
+}
+
+/// Values for a call. An empty string gets a non-null pointer: db_sqlite
+/// binds a NULL `s` as SQL NULL, which the pua table's NOT NULL columns
+/// refuse (the C module's bug with subscriptions on SQLite).
+fn vals(v: &[Val<'_>]) -> Vec<db_val_t> {
+    v.iter()
+        .map(|v| match v {
+            Val::Int(i) => db_val_t {
+                type_: pua_sys::DB1_INT,
+                nul: 0,
+                free: 0,
+                val: db_val_t__bindgen_ty_1 { int_val: *i },
+            },
+            Val::Str(s) => {
+                let p: &[u8] = if s.is_empty() { b"\0" } else { s };
+                db_val_t {
+                    type_: pua_sys::DB1_STR,
+                    nul: 0,
+                    free: 0,
+                    val: db_val_t__bindgen_ty_1 {
+                        str_val: str_ {
+                            s: p.as_ptr() as *mut c_char,
+                            len: s.len() as i32,
+                        },
+                    },
+                }
+            }
+        })
+        .collect()
+}
+
+fn ops(o: &[&'static str]) -> Vec<db_op_t> {
+    o.iter()
+        .map(|o| {
+            if *o == "<" {
+                c"<".as_ptr()
+            } else {
+                c"=".as_ptr()
+            }
+        })
+        .collect()
+}
+
+/// Reads one value of a result row.
+///
+/// # Safety
+/// `v` must be a value of a live result.
+unsafe fn owned(v: &db_val_t) -> OwnedVal {
+    if v.nul != 0 {
+        return OwnedVal::Null;
+    }
+    match v.type_ {
+        pua_sys::DB1_INT | pua_sys::DB1_UINT => OwnedVal::Int(v.val.int_val),
+        pua_sys::DB1_BIGINT | pua_sys::DB1_UBIGINT => OwnedVal::Int(v.val.ll_val as i32),
+        pua_sys::DB1_DATETIME => OwnedVal::Int(v.val.time_val as i32),
+        pua_sys::DB1_DOUBLE => OwnedVal::Int(v.val.double_val as i32),
+        pua_sys::DB1_STRING => {
+            let p = v.val.string_val;
+            if p.is_null() {
+                OwnedVal::Null
+            } else {
+                OwnedVal::Str(std::ffi::CStr::from_ptr(p).to_bytes().to_vec())
+            }
+        }
+        pua_sys::DB1_STR | pua_sys::DB1_BLOB => OwnedVal::Str(str_bytes(&v.val.str_val).to_vec()),
+        _ => OwnedVal::Null,
+    }
+}
+
+use pua_core::shm::str_bytes;
+
+impl Conn {
+    fn table_ok(&mut self) -> Result<(), DbFail> {
+        if self.table.is_none() {
+            lm_err!("database: no table selected");
+            return Err(DbFail);
+        }
+        Ok(())
+    }
+
+    /// Rows read per fetch when loading (`fetch_rows`).
+    pub fn set_fetch_rows(&mut self, n: u32) {
+        self.fetch_rows = n.max(1);
+    }
+}
+
+impl Store for Conn {
+    fn insert(&mut self, cols: &[&'static str], v: &[Val<'_>]) -> Result<(), DbFail> {
+        self.table_ok()?;
+        let Some(insert) = self.api.f.insert else {
+            return Err(DbFail);
+        };
+        let mut k = keys(cols);
+        let kp = key_ptrs(&mut k);
+        let vv = vals(v);
+        // SAFETY: arrays of `cols.len()` keys and values, alive across the call.
+        if unsafe { insert(self.h, kp.as_ptr(), vv.as_ptr(), cols.len() as i32) } < 0 {
+            lm_err!("database: insert into the pua table failed");
+            return Err(DbFail);
+        }
+        Ok(())
+    }
+
+    fn update(
+        &mut self,
+        kcols: &[&'static str],
+        kv: &[Val<'_>],
+        cols: &[&'static str],
+        v: &[Val<'_>],
+    ) -> Result<Option<u64>, DbFail> {
+        self.table_ok()?;
+        let Some(update) = self.api.f.update else {
+            return Err(DbFail);
+        };
+        let (mut k, mut u) = (keys(kcols), keys(cols));
+        let (kp, up) = (key_ptrs(&mut k), key_ptrs(&mut u));
+        let (kvv, uvv) = (vals(kv), vals(v));
+        let o = ops(&vec!["="; kcols.len()]);
+        // SAFETY: arrays alive across the call, lengths as passed.
+        let r = unsafe {
+            update(
+                self.h,
+                kp.as_ptr(),
+                o.as_ptr(),
+                kvv.as_ptr(),
+                up.as_ptr(),
+                uvv.as_ptr(),
+                kcols.len() as i32,
+                cols.len() as i32,
+            )
+        };
+        if r < 0 {
+            lm_err!("database: update of the pua table failed");
+            return Err(DbFail);
+        }
+        // SAFETY: valid handle.
+        Ok(self
+            .api
+            .f
+            .affected_rows
+            .map(|ar| unsafe { ar(self.h) })
+            .filter(|&n| n >= 0)
+            .map(|n| n as u64))
+    }
+
+    fn delete(
+        &mut self,
+        kcols: &[&'static str],
+        o: &[&'static str],
+        v: &[Val<'_>],
+    ) -> Result<(), DbFail> {
+        self.table_ok()?;
+        let Some(delete) = self.api.f.delete else {
+            return Err(DbFail);
+        };
+        let mut k = keys(kcols);
+        let kp = key_ptrs(&mut k);
+        let vv = vals(v);
+        let op = ops(o);
+        // SAFETY: arrays alive across the call, lengths as passed.
+        if unsafe {
+            delete(
+                self.h,
+                kp.as_ptr(),
+                op.as_ptr(),
+                vv.as_ptr(),
+                kcols.len() as i32,
+            )
+        } < 0
+        {
+            lm_err!("database: delete from the pua table failed");
+            return Err(DbFail);
+        }
+        Ok(())
+    }
+
+    fn load(
+        &mut self,
+        cols: &[&'static str],
+        f: &mut dyn FnMut(&[OwnedVal]),
+    ) -> Result<(), DbFail> {
+        self.table_ok()?;
+        let mut k = keys(cols);
+        let kp = key_ptrs(&mut k);
+        let mut res: *mut pua_sys::db1_res_t = std::ptr::null_mut();
+        let frows = self.fetch_rows as i32;
+        // SAFETY: valid handle and function table; arrays alive across calls;
+        // the result is read only while it is live, and freed once.
+        unsafe {
+            if pua_sys::db_fetch_query(
+                &mut self.api.f,
+                frows,
+                self.h,
+                std::ptr::null(),
+                std::ptr::null(),
+                std::ptr::null(),
+                kp.as_ptr(),
+                0,
+                cols.len() as i32,
+                std::ptr::null_mut(),
+                &mut res,
+            ) < 0
+            {
+                lm_err!("database: cannot read the pua table");
+                if !res.is_null() {
+                    if let Some(free) = self.api.f.free_result {
+                        free(self.h, res);
+                    }
+                }
+                return Err(DbFail);
+            }
+            loop {
+                if res.is_null() {
+                    break;
+                }
+                let n = (*res).n.max(0) as usize;
+                for i in 0..n {
+                    let row = &*(*res).rows.add(i);
+                    let m = (row.n.max(0) as usize).min(cols.len());
+                    let v: Vec<OwnedVal> = (0..m).map(|j| owned(&*row.values.add(j))).collect();
+                    f(&v);
+                }
+                if n == 0 || pua_sys::db_fetch_next(&mut self.api.f, frows, self.h, &mut res) != 1 {
+                    break;
+                }
+            }
+            if !res.is_null() {
+                if let Some(free) = self.api.f.free_result {
+                    free(self.h, res);
+                }
+            }
+        }
+        Ok(())
+    }
 }

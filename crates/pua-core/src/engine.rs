@@ -86,6 +86,8 @@ pub struct EngineCfg {
     pub outbound_proxy: Option<Vec<u8>>,
     /// The `check_remote_contact` parameter (subscription lookups).
     pub check_remote_contact: bool,
+    /// Records are synced to the database (db_mode 0 with a sync timer).
+    pub persist: bool,
 }
 
 /// Counters in shared memory, seen by every process.
@@ -93,6 +95,8 @@ pub struct EngineCfg {
 pub struct Shared {
     /// Records with a retry scheduled (the retry timer skips its walk at 0).
     pub scheduled: AtomicU32,
+    /// Rows to delete at the next database sync (db_mode 0).
+    pub tombs: crate::persist::Tombstones,
 }
 
 /// The engine: a handle (pointers into shm) valid in every process.
@@ -131,6 +135,15 @@ fn same_publication(p: &ua_pres_t, q: &RecordData) -> bool {
 }
 
 impl Engine {
+    /// Deletes a record from its (locked) bucket; with persistence on, its
+    /// row is deleted at the next sync.
+    pub(crate) fn drop_record(&self, b: &mut BucketRef<'_>, r: Rec) {
+        if self.cfg.persist {
+            crate::persist::record_deleted(&self.shared.tombs, b.get(r), r);
+        }
+        b.delete(r);
+    }
+
     fn bucket(&self, pres_uri: &[u8]) -> BucketRef<'_> {
         self.table.lock(self.table.bucket_of(pres_uri, None))
     }
@@ -336,7 +349,7 @@ impl Engine {
             {
                 Some(r) if d.ext.kind == Kind::Initial as u32 && b.get(r).etag.len == 0 => {
                     let p = take_pending(ext_of(r));
-                    b.delete(r);
+                    self.drop_record(&mut b, r);
                     p
                 }
                 Some(r) => {
@@ -386,13 +399,13 @@ impl Engine {
                         }
                         None => {
                             lm_err!("out of shm updating a publication; dropping it");
-                            b.delete(r);
+                            self.drop_record(&mut b, r);
                         }
                     }
                 }
                 (Outcome::Removed, Some(r)) => {
                     pending = take_pending(ext_of(r));
-                    b.delete(r);
+                    self.drop_record(&mut b, r);
                 }
                 (Outcome::LocalTimeout, Some(r)) => {
                     let e = ext_of(r);
@@ -417,7 +430,7 @@ impl Engine {
                         String::from_utf8_lossy(&rd.pres_uri)
                     );
                     pending = take_pending(ext_of(r));
-                    b.delete(r);
+                    self.drop_record(&mut b, r);
                 }
                 (Outcome::Republish, Some(r)) => {
                     lm_info!(
@@ -454,7 +467,7 @@ impl Engine {
                         }
                         None => {
                             pending = take_pending(ext_of(r));
-                            b.delete(r);
+                            self.drop_record(&mut b, r);
                         }
                     }
                 }
@@ -497,7 +510,7 @@ impl Engine {
                     }
                     if let Some(r) = rec {
                         pending = take_pending(ext_of(r));
-                        b.delete(r);
+                        self.drop_record(&mut b, r);
                     }
                 }
                 (_, None) => {
@@ -654,7 +667,7 @@ impl Engine {
                             }
                         } else if p.expires < now.saturating_sub(if confirmed { 10 } else { 0 }) {
                             let pending = take_pending(e);
-                            b.delete(r);
+                            self.drop_record(&mut b, r);
                             st.expired_deleted += 1;
                             for q in pending {
                                 // SAFETY: queued blocks of a deleted record.
@@ -695,7 +708,7 @@ impl Engine {
                         }
                     } else if p.watcher_uri.is_null() && p.expires < now.saturating_sub(10) {
                         let pending = take_pending(e);
-                        b.delete(r);
+                        self.drop_record(&mut b, r);
                         st.expired_deleted += 1;
                         for q in pending {
                             // SAFETY: queued blocks of a deleted record.
@@ -874,9 +887,11 @@ mod tests {
                 update_period: 100,
                 outbound_proxy: None,
                 check_remote_contact: false,
+                persist: false,
             },
             shared: Box::leak(Box::new(Shared {
                 scheduled: AtomicU32::new(0),
+                tombs: crate::persist::Tombstones::default(),
             })),
         };
         let h = FakeHost::default();

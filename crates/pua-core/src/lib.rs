@@ -20,6 +20,7 @@ pub mod libxml;
 pub mod lock;
 pub mod log;
 pub mod params;
+pub mod persist;
 pub mod publish;
 pub mod shm;
 pub mod subscribe;

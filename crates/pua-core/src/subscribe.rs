@@ -318,7 +318,7 @@ impl Engine {
                                 "un-SUBSCRIBE of a dialog not yet established: dropping the dialog"
                             );
                             if e.state == 0 {
-                                b.delete(r);
+                                self.drop_record(&mut b, r);
                             }
                         }
                         return 0;
@@ -434,7 +434,7 @@ impl Engine {
                 if b.get(r).to_tag.len == 0 {
                     // SAFETY: the record is deleted right after; nobody else reaches it.
                     unsafe { crate::table::free_chains(ext_of(r)) };
-                    b.delete(r);
+                    self.drop_record(&mut b, r);
                 } else {
                     ext_of(r).state = 0;
                 }
@@ -493,7 +493,7 @@ impl Engine {
                             b.replace(r, nr);
                         }
                         None => {
-                            b.delete(r);
+                            self.drop_record(&mut b, r);
                         }
                     }
                     rd.to_tag = to_tag.clone();
@@ -530,7 +530,7 @@ impl Engine {
                         pending = crate::engine::take_pending_requests(ext_of(r));
                         // SAFETY: the record is deleted right after.
                         unsafe { crate::table::free_chains(ext_of(r)) };
-                        b.delete(r);
+                        self.drop_record(&mut b, r);
                     }
                 }
                 (SubOutcome::RetryWithExpires(m), Some(r)) => {
