@@ -422,8 +422,10 @@ class Kamailio:
 
     def sql(self, query, args=(), timeout=5.0):
         """Rows of a query on this instance's SQLite db (read while Kamailio
-        runs: short connection, busy timeout)."""
-        con = sqlite3.connect("file:%s?mode=ro" % self.db_path, uri=True, timeout=timeout)
+        runs: short connection, busy timeout).  A reader holds a shared lock
+        while it reads, so Kamailio's writes to a db in the default rollback
+        journal mode may fail meanwhile: servers use WAL (see server())."""
+        con = sqlite3.connect(self.db_path, timeout=timeout)
         try:
             con.row_factory = sqlite3.Row
             return [dict(r) for r in con.execute(query, args).fetchall()]
@@ -560,6 +562,10 @@ class TestContext:
         if not os.path.isabs(cfg) and not os.path.exists(os.path.join(self.test_dir, cfg)):
             cfg = os.path.join(SERVERS_DIR, cfg)
         path = cfg if os.path.isabs(cfg) else os.path.join(self.test_dir, cfg)
+        # WAL: the test's sqlite3 reads (Kamailio.sql()) must not make the
+        # server's writes fail with "database is locked" (db_sqlite sets no
+        # busy timeout); the journal mode is stored in the db file.
+        kw.setdefault("extra_sql", "PRAGMA journal_mode=WAL;")
         k = Kamailio(path, self.work_dir, None, name=name, **kw)
         self.instances.append(k)
         return k
