@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# pua-rs demo: run our pua.so in a real Kamailio 5.6.3 (Debian's), on SQLite,
-# with pua_usrloc, usrloc and registrar, on 127.0.0.1 only.
+# pua-rs demo: our pua.so doing its job in a real Kamailio 5.6.3 (Debian's),
+# on SQLite, on 127.0.0.1 only:
+#   - a presence server (a second Kamailio with presence + presence_xml),
+#   - a Kamailio with our pua.so, pua_usrloc, usrloc and registrar,
+#   - a phone (a few lines of Python) that REGISTERs alice,
+# then it prints the PUBLISH that pua sent and the presentity that resulted.
 #
-#   bash demo/run.sh            start, show it working, run until Ctrl-C
-#   bash demo/run.sh --stop     start, show it working, stop (for scripts)
+#   bash demo/run.sh            run, show it working, keep running until Ctrl-C
+#   bash demo/run.sh --stop     run, show it working, stop (for scripts)
 #   bash demo/run.sh --c-pua    the same with Debian's C pua.so
 #   make run ARGS=--stop        build pua.so first, then this
 #
-# Environment: PUA_SO (default <repo>/pua.so), DEMO_PORT (default 5060, or a
-# free port if 5060 is taken).  Everything goes to demo/work/ (recreated):
-# kamailio.cfg, kamailio.log, pua.db, ctl socket.
+# Environment: PUA_SO (default <repo>/pua.so). Everything goes to demo/work/
+# (recreated): configs, logs, SQLite databases, control sockets.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,7 +26,7 @@ for a in "$@"; do
   case "$a" in
     --c-pua) use_c=1 ;;
     --stop) stop_after=1 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo: unknown argument: $a (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -33,146 +36,151 @@ if [ "$use_c" = 1 ]; then
 else
   pua="${PUA_SO:-$repo/pua.so}"; which="our pua.so"
 fi
-if [ ! -f "$pua" ]; then
-  echo "demo: $pua not found; build it with 'make build' (or use --c-pua)" >&2
-  exit 1
-fi
-for tool in kamailio kamcmd sqlite3; do
+[ -f "$pua" ] || { echo "demo: $pua not found; build it with 'make build' (or use --c-pua)" >&2; exit 1; }
+for tool in kamailio kamcmd sqlite3 python3; do
   command -v "$tool" >/dev/null || { echo "demo: $tool not found; run 'bash kamailio-headers/install-deps.sh'" >&2; exit 1; }
 done
 
-work="$here/work"
-port="${DEMO_PORT:-5060}"
-port_busy() { # UDP or TCP port bound on 127.0.0.1 / any address?
-  python3 - "$1" <<'EOF'
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(0)
-sys.exit(1)
-EOF
-}
-if port_busy "$port"; then
-  if [ -n "${DEMO_PORT:-}" ]; then echo "demo: port $port is in use" >&2; exit 1; fi
-  port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-fi
+free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# A previous demo still running from demo/work? Stop it by its PID.
-if [ -f "$work/kamailio.pid" ]; then
-  old=$(cat "$work/kamailio.pid")
+work="$here/work"
+# A previous demo still running from demo/work? Stop it by its PIDs.
+for f in "$work"/*.pid; do
+  [ -f "$f" ] || continue
+  old=$(cat "$f")
   if [ -n "$old" ] && [ "$(cat /proc/"$old"/comm 2>/dev/null)" = kamailio ] &&
-     grep -qF "$work/kamailio.cfg" /proc/"$old"/cmdline 2>/dev/null; then
-    echo "demo: stopping the previous demo Kamailio (pid $old)"
+     grep -qF "$work/" /proc/"$old"/cmdline 2>/dev/null; then
+    echo "demo: stopping a previous demo Kamailio (pid $old)"
     kill -TERM "$old" 2>/dev/null || true
     for _ in $(seq 50); do [ -d /proc/"$old" ] || break; sleep 0.2; done
     kill -KILL -- "-$old" 2>/dev/null || true
   fi
-fi
-
+done
 rm -rf "$work"
 mkdir -p "$work/mods"
-# A copy, so that a rebuild does not change the file under the running server.
-cp "$pua" "$work/mods/pua.so"
-cat "$schemas/standard-create.sql" "$schemas/presence-create.sql" | sqlite3 "$work/pua.db"
-sed -e "s|@MPATH@|\"$work/mods/:$debian_mods/\"|" \
-    -e "s|@DB_URL@|\"sqlite:///$work/pua.db\"|" \
-    -e "s|@CTL_SOCK@|\"unix:$work/kamailio.ctl\"|" \
-    -e "s|@SIP_PORT@|$port|g" \
-    "$here/kamailio.cfg" > "$work/kamailio.cfg"
+cp "$pua" "$work/mods/pua.so"   # a copy: a rebuild cannot change the running module
 
-log="$work/kamailio.log"
-ctl=(kamcmd -s "unix:$work/kamailio.ctl")
-# -DD: the process we start is Kamailio's main process (it forks its workers);
-# setsid: its own process group, so that stopping it cannot touch anything else.
-setsid kamailio -DD -E -f "$work/kamailio.cfg" -w "$work" -m 64 -M 8 \
-  </dev/null >"$log" 2>&1 &
-pid=$!
-echo "$pid" > "$work/kamailio.pid"
+srv_port=$(free_port)
+cli_port=$(free_port)
+phone_port=$(free_port)
+for db in presence pua; do
+  cat "$schemas/standard-create.sql" "$schemas/presence-create.sql" | sqlite3 "$work/$db.db"
+done
+render() { # template name port db mpath -> work/name.cfg
+  sed -e "s|@MPATH@|\"$5\"|" -e "s|@DB_URL@|\"sqlite:///$work/$4.db\"|" \
+      -e "s|@CTL_SOCK@|\"unix:$work/$2.ctl\"|" -e "s|@SIP_PORT@|$3|g" \
+      -e "s|@SERVER_PORT@|$srv_port|g" "$1" > "$work/$2.cfg"
+}
+render "$repo/cfg-tests/servers/presence.cfg" presence "$srv_port" presence "$debian_mods/"
+render "$here/kamailio.cfg" client "$cli_port" pua "$work/mods/:$debian_mods/"
 
+pids=()
+start() { # name
+  # setsid: its own process group, so that stopping it cannot touch anything else
+  setsid kamailio -DD -E -f "$work/$1.cfg" -w "$work" -m 64 -M 8 </dev/null >"$work/$1.log" 2>&1 &
+  local pid=$!
+  echo "$pid" > "$work/$1.pid"
+  pids+=("$pid")
+  for _ in $(seq 100); do   # up to 20 s
+    kill -0 "$pid" 2>/dev/null || break
+    if kamcmd -s "unix:$work/$1.ctl" core.psx >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  echo "demo: the $1 Kamailio did not start; its log:" >&2
+  sed 's/^/  | /' "$work/$1.log" >&2
+  exit 1
+}
 stopped=0
-stop_kamailio() {
+stop_all() {
   [ "$stopped" = 1 ] && return 0
   stopped=1
-  if [ -d /proc/"$pid" ]; then
-    echo "demo: stopping Kamailio (pid $pid)"
+  for pid in "${pids[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
     for _ in $(seq 50); do [ -d /proc/"$pid" ] && [ "$(cut -d' ' -f3 /proc/"$pid"/stat 2>/dev/null)" != Z ] || break; sleep 0.2; done
-  fi
-  # Whatever is left of its process group (workers) gets SIGKILL.
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  rm -f "$work/kamailio.pid"
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -f "$work"/*.pid
+  echo "demo: stopped"
 }
-trap 'stop_kamailio' EXIT
-trap 'echo; stop_kamailio; exit 130' INT
-trap 'stop_kamailio; exit 143' TERM
+trap 'stop_all' EXIT
+trap 'echo; stop_all; exit 130' INT
+trap 'stop_all; exit 143' TERM
 
-echo "demo: Kamailio 5.6.3 with $which"
-echo "demo:   module:  $pua"
-echo "demo:   SIP:     udp:127.0.0.1:$port"
-echo "demo:   log:     $log"
-echo "demo:   config:  $work/kamailio.cfg"
-echo "demo:   db:      $work/pua.db"
-echo "demo:   control: ${ctl[*]} <command>"
+start presence
+start client
+echo "demo: presence server (Debian's modules)  udp:127.0.0.1:$srv_port  log $work/presence.log"
+echo "demo: Kamailio with $which  udp:127.0.0.1:$cli_port  log $work/client.log"
+echo "demo:   loaded: $(grep -o '/[^ ]*/pua\.so$' /proc/"${pids[1]}"/maps | sort -u)"
+echo
 
-ready=0
-for _ in $(seq 100); do   # up to 20 s
-  if ! kill -0 "$pid" 2>/dev/null; then break; fi
-  if "${ctl[@]}" core.psx >/dev/null 2>&1; then ready=1; break; fi
+echo "demo: the phone REGISTERs sip:alice@127.0.0.1 with the pua Kamailio"
+python3 - "$cli_port" "$phone_port" <<'PY'
+import socket, sys, time, uuid
+cli, me = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", me)); s.settimeout(1.0)
+cid = uuid.uuid4().hex
+msg = ("REGISTER sip:127.0.0.1:%d SIP/2.0\r\n"
+       "Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK%s;rport\r\n"
+       "Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=%s\r\nTo: <sip:alice@127.0.0.1>\r\n"
+       "Call-ID: %s\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@127.0.0.1:%d>\r\n"
+       "Expires: 300\r\nUser-Agent: pua-rs demo phone\r\nContent-Length: 0\r\n\r\n"
+       % (cli, me, cid[:10], cid[10:18], cid, me))
+for _ in range(5):
+    s.sendto(msg.encode(), ("127.0.0.1", cli))
+    try:
+        data, _ = s.recvfrom(65535)
+    except socket.timeout:
+        continue
+    print("  phone <- " + data.decode(errors="replace").split("\r\n")[0])
+    sys.exit(0 if b" 200 " in data.split(b"\r\n")[0] else 1)
+print("  phone: no answer to REGISTER", file=sys.stderr); sys.exit(1)
+PY
+
+echo
+echo "demo: the PUBLISH pua sent, as the presence server saw it:"
+presentity=""
+for _ in $(seq 50); do   # up to 10 s
+  presentity=$(sqlite3 -separator ' | ' "$work/presence.db" "select username||'@'||domain, event, etag, expires - strftime('%s','now') from presentity" 2>/dev/null || true)
+  [ -n "$presentity" ] && break
   sleep 0.2
 done
-if [ "$ready" != 1 ]; then
-  echo "demo: Kamailio did not start; its log:" >&2
-  sed 's/^/  | /' "$log" >&2
+grep -h "PUBLISH sip:" "$work/presence.log" | sed 's/^.*<script>: /  /' || true
+echo
+echo "demo: the presentity on the presence server (user | event | etag | expires in s):"
+if [ -z "$presentity" ]; then
+  echo "demo: no presentity: the PUBLISH did not arrive; client log:" >&2
+  grep -E 'ERROR|CRITICAL|WARN' "$work/client.log" | sed 's/^/  | /' >&2 || true
   exit 1
 fi
-if [ "$(cat /proc/"$pid"/comm 2>/dev/null)" != kamailio ]; then
-  echo "demo: pid $pid is not Kamailio's main process" >&2
-  exit 1
+echo "  $presentity"
+echo "  body: $(sqlite3 "$work/presence.db" "select body from presentity limit 1" | tr -d '\n' | cut -c1-200)..."
+echo
+echo "\$ kamcmd -s unix:$work/client.ctl pua.cleanup"
+kamcmd -s "unix:$work/client.ctl" pua.cleanup
+if [ "$use_c" = 0 ]; then
+  echo "\$ kamcmd -s unix:$work/client.ctl pua.stats"
+  kamcmd -s "unix:$work/client.ctl" pua.stats
 fi
-
 echo
-echo "\$ ${ctl[*]} core.version"
-"${ctl[@]}" core.version
-echo
-echo "\$ ${ctl[*]} core.modules"
-"${ctl[@]}" core.modules | sort | tr '\n' ' '; echo
-echo
-echo "loaded pua.so (from /proc/$pid/maps):"
-grep -o '/[^ ]*/pua\.so$' /proc/"$pid"/maps | sort -u | sed 's/^/  /'
-echo
-echo "\$ ${ctl[*]} pua.cleanup"
-if out=$("${ctl[@]}" pua.cleanup); then rc=0; else rc=$?; fi
-[ -n "$out" ] && echo "$out"
-case "$out" in error:*) echo "demo: pua.cleanup failed" >&2; exit 1 ;; esac
-echo "(exit status $rc)"
-[ "$rc" = 0 ] || { echo "demo: pua.cleanup failed" >&2; exit 1; }
-echo
-echo "processes (core.psx):"
-"${ctl[@]}" core.psx | awk '/PID:/{p=$2} /DSC:/{sub(/^[ \t]*DSC: /,""); printf "  %-7s %s\n", p, $0}'
-echo
-if grep -E '(^|\s)(ERROR|CRITICAL|BUG|ALERT):' "$log" >/dev/null; then
-  echo "demo: the log has errors:"; grep -E '(^|\s)(ERROR|CRITICAL|BUG|ALERT):' "$log" | sed 's/^/  | /'
+if grep -hE '(^|\s)(ERROR|CRITICAL|BUG|ALERT):' "$work/client.log" >/dev/null; then
+  echo "demo: the pua Kamailio's log has errors:"; grep -hE '(^|\s)(ERROR|CRITICAL|BUG|ALERT):' "$work/client.log" | sed 's/^/  | /'
 else
-  echo "demo: no ERROR lines in the log"
+  echo "demo: no ERROR lines in the pua Kamailio's log"
 fi
 
 if [ "$stop_after" = 1 ]; then
-  stop_kamailio
-  echo "demo: done"
   exit 0
 fi
-
-echo "demo: running (pid $pid); follow the log with: tail -f $log"
-echo "demo: press Ctrl-C to stop"
+echo "demo: running; follow the logs with: tail -f $work/*.log ; press Ctrl-C to stop"
 set +e
-wait "$pid"
-rc=$?
+wait "${pids[@]}"
 set -e
 if [ "$stopped" != 1 ]; then
-  echo "demo: Kamailio exited by itself (status $rc); last log lines:" >&2
-  tail -n 20 "$log" | sed 's/^/  | /' >&2
+  echo "demo: a Kamailio exited by itself; last log lines:" >&2
+  tail -n 20 "$work"/*.log | sed 's/^/  | /' >&2
   exit 1
 fi
