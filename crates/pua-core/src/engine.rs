@@ -192,6 +192,10 @@ impl Engine {
                 let asked = queued.ext.asked;
                 queued.ext = Default::default();
                 queued.ext.asked = asked;
+                // Its If-Match found this publication; when it is decided
+                // anew the publication will have the etag of the reply in
+                // between, so it is matched by identity then.
+                queued.etag.clear();
                 let Some(q) = queued.to_shm() else {
                     return Err(-1);
                 };
@@ -993,6 +997,30 @@ mod tests {
         assert_eq!(recs.len(), 1, "no duplicate record");
         assert_eq!(recs[0].etag, b"e2");
         assert_eq!(recs[0].body.as_deref(), Some(&b"<c/>;v1"[..]));
+    }
+
+    #[test]
+    fn queued_modify_with_the_old_etag_goes_out_with_the_new_one() {
+        let (e, h) = engine();
+        e.send_publish(&h, intent(Some("<a/>"), -1, 0));
+        let (req, _, _) = pop_sent(&h);
+        e.on_reply(&h, req, Some(&ok("e1", 3600)), MSG);
+        // pua_rpc style: two modifies with the etag the consumer knows.
+        let mut m1 = intent(Some("<b/>"), -1, 1);
+        m1.etag = b"e1".to_vec();
+        let mut m2 = intent(Some("<c/>"), -1, 2);
+        m2.etag = b"e1".to_vec();
+        assert_eq!(e.send_publish(&h, m1), 0);
+        assert_eq!(e.send_publish(&h, m2), 0, "queued behind the first");
+        let (req, hdr, _) = pop_sent(&h);
+        assert!(hdr.contains("SIP-If-Match: e1"));
+        e.on_reply(&h, req, Some(&ok("e2", 3600)), MSG);
+        let (req, hdr, body) = pop_sent(&h);
+        assert!(hdr.contains("SIP-If-Match: e2"), "{hdr}");
+        assert_eq!(body.as_deref(), Some(&b"<c/>;v2"[..]));
+        e.on_reply(&h, req, Some(&ok("e3", 3600)), MSG);
+        let params: Vec<usize> = h.callbacks.borrow().iter().map(|c| c.0.cb_param).collect();
+        assert_eq!(params, [0, 1, 2]);
     }
 
     #[test]
