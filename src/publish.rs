@@ -151,8 +151,13 @@ fn foreign_process_body(
         return Ok((body.to_vec(), None));
     };
     let mut b = borrowed_str(body);
+    // Only the body is known here; pres_uri points at an empty string
+    // rather than NULL, so a processor that reads it does not crash.
+    let mut empty = borrowed_str(b"");
     let mut publ = publ_info_t {
         body: &mut b,
+        pres_uri: &mut empty,
+        event: ev.flag(),
         ..Default::default()
     };
     let mut out: *mut str_ = ptr::null_mut();
