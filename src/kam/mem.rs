@@ -22,9 +22,39 @@ impl ShmAllocator for KamailioShm {
 
 static SHM: KamailioShm = KamailioShm;
 
-/// Installs shm as pua_core's allocator (at module load, before the fork).
+/// pua's allocator: a slab over Kamailio's shm (pua_core::slab), created at
+/// the first allocation (in a mod_init, before the fork, so every process
+/// inherits it).
+struct PuaShm;
+
+static SLAB: std::sync::OnceLock<Option<pua_core::slab::Slab>> = std::sync::OnceLock::new();
+
+fn slab() -> Option<&'static pua_core::slab::Slab> {
+    SLAB.get_or_init(|| pua_core::slab::Slab::new(&SHM))
+        .as_ref()
+}
+
+impl ShmAllocator for PuaShm {
+    fn alloc(&self, size: usize) -> *mut u8 {
+        slab().map_or(std::ptr::null_mut(), |s| s.alloc(size))
+    }
+    unsafe fn free(&self, p: *mut u8) {
+        if let Some(s) = slab() {
+            s.free(p);
+        }
+    }
+}
+
+static PUA_SHM: PuaShm = PuaShm;
+
+/// Installs pua's allocator in pua_core (at module load, before the fork).
 pub fn install() {
-    pua_core::shm::set_allocator(&SHM);
+    pua_core::shm::set_allocator(&PUA_SHM);
+}
+
+/// (bytes reserved from Kamailio's shm, bytes in live blocks) of pua's slab.
+pub fn slab_usage() -> (u64, u64) {
+    slab().map_or((0, 0), |s| s.usage())
 }
 
 /// A pkg-allocated `str` whose `s` is also pkg-allocated (NUL-terminated),

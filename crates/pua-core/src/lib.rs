@@ -23,6 +23,7 @@ pub mod params;
 pub mod persist;
 pub mod publish;
 pub mod shm;
+pub mod slab;
 pub mod subscribe;
 pub mod table;
 #[cfg(any(test, feature = "test-arena"))]
