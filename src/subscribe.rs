@@ -123,5 +123,7 @@ pub(crate) unsafe fn update_contact(msg: *mut sip_msg) -> c_int {
         lm_err!("pua_update_contact: db_mode 2 (database only) is not implemented in this build of pua.so");
         return -1;
     };
-    engine.update_contact(&d.call_id, &d.from_tag, &d.to_tag, &d.contact)
+    // The NOTIFY comes from the presentity to the watcher: their bucket first.
+    let hint = Some((d.from_uri.as_slice(), d.to_uri.as_slice()));
+    engine.update_contact(hint, &d.call_id, &d.from_tag, &d.to_tag, &d.contact)
 }

@@ -87,6 +87,8 @@ pub unsafe fn sub_reply_info(msg: *mut sip_msg, code: i32) -> pua_core::subscrib
 
 /// The dialog parts of an in-dialog request (a NOTIFY).
 pub struct RequestDialog {
+    pub from_uri: Vec<u8>,
+    pub to_uri: Vec<u8>,
     pub call_id: Vec<u8>,
     pub from_tag: Vec<u8>,
     pub to_tag: Vec<u8>,
@@ -103,6 +105,8 @@ pub unsafe fn request_dialog(msg: *mut sip_msg) -> Option<RequestDialog> {
         return None;
     }
     Some(RequestDialog {
+        from_uri: str_bytes(&d.from_uri).to_vec(),
+        to_uri: str_bytes(&d.to_uri).to_vec(),
         call_id: str_bytes(&d.call_id).to_vec(),
         from_tag: str_bytes(&d.from_tag).to_vec(),
         to_tag: str_bytes(&d.to_tag).to_vec(),

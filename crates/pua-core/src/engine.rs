@@ -1397,6 +1397,7 @@ mod tests {
         // The NOTIFY's To tag is our From tag; its From tag our To tag.
         assert_eq!(
             e.update_contact(
+                Some((b"sip:carol@example.com", b"sip:rls@example.com")),
                 &rec.call_id,
                 b"srv-tag",
                 &rec.from_tag,
@@ -1412,19 +1413,25 @@ mod tests {
             "the next SUBSCRIBE goes to the new Contact"
         );
         assert_eq!(
-            e.update_contact(&rec.call_id, b"srv-tag", &rec.from_tag, b"garbage"),
+            e.update_contact(None, &rec.call_id, b"srv-tag", &rec.from_tag, b"garbage"),
             -1
         );
         assert_eq!(
-            e.update_contact(b"unknown", b"srv-tag", &rec.from_tag, b"sip:x@y"),
+            e.update_contact(None, b"unknown", b"srv-tag", &rec.from_tag, b"sip:x@y"),
             -1
         );
         assert_eq!(
-            e.update_contact(&rec.call_id, b"srv-tag", b"", b"sip:x@y"),
+            e.update_contact(None, &rec.call_id, b"srv-tag", b"", b"sip:x@y"),
             -1
         );
         assert_eq!(
-            e.update_contact(&rec.call_id, b"srv-tag", b"wrong-orientation", b"sip:x@y"),
+            e.update_contact(
+                None,
+                &rec.call_id,
+                b"srv-tag",
+                b"wrong-orientation",
+                b"sip:x@y"
+            ),
             -1
         );
     }

@@ -620,6 +620,7 @@ impl Engine {
     /// updates its remote target. 1 found and updated, -1 otherwise.
     pub fn update_contact(
         &self,
+        hint: Option<(&[u8], &[u8])>,
         call_id: &[u8],
         notify_from_tag: &[u8],
         notify_to_tag: &[u8],
@@ -636,7 +637,13 @@ impl Engine {
             );
             return -1;
         }
-        for i in 0..self.table.buckets() {
+        // The bucket of (From URI, To URI) of the NOTIFY holds the dialog
+        // when the URIs are written as in the SUBSCRIBE; else look everywhere.
+        let first = hint.map(|(p, w)| self.table.bucket_of(p, Some(w)));
+        let order = first
+            .into_iter()
+            .chain((0..self.table.buckets()).filter(move |i| Some(*i) != first));
+        for i in order {
             let mut b = self.table.lock(i);
             let found = b.find(|p| {
                 // SAFETY: valid under the lock.
