@@ -90,9 +90,10 @@ int pua_shim_request_dialog(struct sip_msg *msg, struct pua_request_dlg *out)
 		out->to_tag = get_to(msg)->tag_value;
 		out->to_uri = get_to(msg)->uri;
 	}
-	if (msg->contact && parse_contact(msg->contact) == 0 && msg->contact->parsed
-			&& ((contact_body_t *)msg->contact->parsed)->contacts)
-		out->contact = ((contact_body_t *)msg->contact->parsed)->contacts->uri;
+	/* The raw header body: the URI is taken out in Rust, so a garbage
+	 * Contact does not make the core's parser log errors. */
+	if (msg->contact)
+		out->contact = msg->contact->body;
 	return 0;
 }
 

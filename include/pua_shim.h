@@ -37,7 +37,7 @@ struct pua_reply_dlg {
 int pua_shim_reply_dialog(struct sip_msg *msg, struct pua_reply_dlg *out);
 
 /* The dialog fields of an in-dialog request (a NOTIFY). Strings point into
- * the message; absent fields have len 0. */
+ * the message; absent fields have len 0; contact is the raw header body. */
 struct pua_request_dlg {
 	str call_id;
 	str from_tag;

@@ -497,7 +497,8 @@ impl Engine {
                     );
                     let re = ext_of(req);
                     re.retries += 1;
-                    self.schedule(ext_of(r), req, now + s);
+                    // The clock has whole seconds: +1 makes it "at least s".
+                    self.schedule(ext_of(r), req, now + s + 1);
                     keep_req = true;
                     final_reply = false;
                 }
@@ -1113,9 +1114,9 @@ mod tests {
         assert_eq!(e.shared.scheduled.load(Ordering::SeqCst), 1);
         // Meanwhile a new state waits rather than going out beside the retry.
         e.send_publish(&h, intent(Some("<b/>"), -1, 0));
-        h.now.set(10_003);
-        assert_eq!(e.pass(&h, false).retried, 0);
         h.now.set(10_005);
+        assert_eq!(e.pass(&h, false).retried, 0, "Retry-After is a minimum");
+        h.now.set(10_006);
         assert_eq!(e.pass(&h, false).retried, 1);
         let (req, hdr, body) = pop_sent(&h);
         assert!(!hdr.contains("SIP-If-Match"));
@@ -1352,9 +1353,9 @@ mod tests {
         r503.retry_after = Some(b"7".to_vec());
         e.on_sub_reply(&h, q, Some(&r503), MSG);
         assert_eq!(stored(&e).len(), 1, "dialog kept");
-        h.now.set(10_006);
-        assert_eq!(e.pass(&h, false).retried, 0);
         h.now.set(10_007);
+        assert_eq!(e.pass(&h, false).retried, 0, "Retry-After is a minimum");
+        h.now.set(10_008);
         assert_eq!(e.pass(&h, false).retried, 1);
         let (q, _, _, d) = pop_dialog(&h);
         assert_eq!(d.cseq, 12, "a retry is a new transaction");

@@ -562,7 +562,8 @@ impl Engine {
                     );
                     let qe = ext_of(q);
                     qe.retries += 1;
-                    self.park(ext_of(r), q, now + s);
+                    // The clock has whole seconds: +1 makes it "at least s".
+                    self.park(ext_of(r), q, now + s + 1);
                     keep = true;
                 }
                 (_, None) => lm_dbg!("reply for a subscription that is gone: {:?}", outcome),
@@ -630,10 +631,12 @@ impl Engine {
             lm_err!("pua_update_contact: the request has no Call-ID or To tag");
             return -1;
         }
+        let raw = contact;
+        let contact = contact_uri(raw).unwrap_or_default();
         if contact.is_empty() || !looks_like_uri(contact) {
             lm_err!(
                 "pua_update_contact: no usable Contact in the request ('{}')",
-                String::from_utf8_lossy(contact)
+                String::from_utf8_lossy(raw)
             );
             return -1;
         }
@@ -685,6 +688,25 @@ impl Engine {
         );
         -1
     }
+}
+
+/// The URI of a Contact header value (`"Name" <uri>;params`, `<uri>` or
+/// `uri;params`); `None` when there is none.
+pub fn contact_uri(raw: &[u8]) -> Option<&[u8]> {
+    let v = raw.trim_ascii();
+    if v.is_empty() || v == b"*" {
+        return None;
+    }
+    if let Some(open) = v.iter().position(|&c| c == b'<') {
+        let rest = &v[open + 1..];
+        let close = rest.iter().position(|&c| c == b'>')?;
+        return Some(rest[..close].trim_ascii()).filter(|u| !u.is_empty());
+    }
+    let end = v
+        .iter()
+        .position(|&c| c == b';' || c == b',' || c.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    Some(&v[..end]).filter(|u| !u.is_empty())
 }
 
 /// A minimal check that a Contact is a SIP URI we can send to.
@@ -795,6 +817,19 @@ mod tests {
             classify(Some(&r423), SUB_REFRESH, 600, 1, true),
             SubOutcome::Ended { .. }
         ));
+    }
+
+    #[test]
+    fn contact_uris() {
+        assert_eq!(
+            contact_uri(b"<sip:a@h:5060;transport=udp>;expires=5"),
+            Some(&b"sip:a@h:5060;transport=udp"[..])
+        );
+        assert_eq!(contact_uri(b"\"Bob\" <sip:b@h>"), Some(&b"sip:b@h"[..]));
+        assert_eq!(contact_uri(b" sip:c@h;expires=60"), Some(&b"sip:c@h"[..]));
+        assert_eq!(contact_uri(b"<sip:unterminated"), None);
+        assert_eq!(contact_uri(b"*"), None);
+        assert_eq!(contact_uri(b""), None);
     }
 
     #[test]
