@@ -186,6 +186,9 @@ pub fn passthrough(body: &[u8]) -> Processed<'_> {
 /// (C only passes a stored id of non-zero length).
 pub fn presence(body: &[u8], stored_tuple: Option<&[u8]>) -> Result<Processed<'static>, BodyError> {
     let stored = stored_tuple.filter(|t| !t.is_empty());
+    if let Some(p) = presence_fast(body, stored) {
+        return Ok(p);
+    }
     let doc = XmlDoc::parse(body)?;
     let tuple = doc
         .find(c"tuple")
@@ -867,5 +870,210 @@ Voice-Message: 2/8 (0/2)\r\n";
         for h in hs {
             h.join().unwrap();
         }
+    }
+}
+
+/// The common cases of [`presence`] without building a libxml2 document:
+/// a well-formed PIDF (checked by a streaming parser, end tags matched, no
+/// DTD) whose first `tuple` either has an id (the body goes out unchanged)
+/// or gets one inserted into its start tag (the only bytes that change),
+/// and whose first `person`, if any, has an id. Anything else returns
+/// `None` and takes the libxml2 path, which also produces the errors.
+/// Parsing a document with libxml2 and serialising it again was most of
+/// the cost of a PUBLISH.
+fn presence_fast(body: &[u8], stored: Option<&[u8]>) -> Option<Processed<'static>> {
+    use quick_xml::events::Event;
+    // What XML 1.0 forbids anywhere (the streaming parser does not check it).
+    let bad_char = |c: &u8| *c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r');
+    if std::str::from_utf8(body).is_err()
+        || body.iter().any(bad_char)
+        || stored.is_some_and(|s| s.iter().any(bad_char))
+    {
+        return None;
+    }
+    let mut r = quick_xml::Reader::from_reader(body);
+    r.config_mut().check_end_names = true;
+    r.config_mut().check_comments = true;
+    let local = |n: &[u8]| -> Vec<u8> {
+        let n = n.rsplit(|&c| c == b':').next().unwrap_or(n);
+        n.to_ascii_lowercase()
+    };
+    // (start offset of the tuple's tag, its name length, its id)
+    let mut tuple: Option<(usize, usize, Option<Vec<u8>>)> = None;
+    let mut person_seen = false;
+    let mut depth = 0usize;
+    let mut root_seen = false;
+    loop {
+        let at = r.buffer_position() as usize;
+        match r.read_event() {
+            Err(_) => return None,
+            Ok(Event::Eof) => break,
+            Ok(Event::DocType(_)) => return None,
+            Ok(ev @ (Event::Start(_) | Event::Empty(_))) => {
+                let (e, is_start) = match &ev {
+                    Event::Start(e) => (e, true),
+                    Event::Empty(e) => (e, false),
+                    _ => return None,
+                };
+                if depth == 0 {
+                    if root_seen {
+                        return None; // a second root element
+                    }
+                    root_seen = true;
+                }
+                let name = e.name();
+                let lname = local(name.as_ref());
+                let mut id = None;
+                for a in e.attributes() {
+                    let a = a.ok()?;
+                    if a.key.as_ref().eq_ignore_ascii_case(b"id") {
+                        if a.value.contains(&b'&') {
+                            return None; // entity references: let libxml2 decode them
+                        }
+                        id = Some(a.value.to_vec());
+                    }
+                }
+                if lname == b"tuple" && tuple.is_none() {
+                    // `<` then the name: an attribute goes right after it.
+                    if body.get(at) != Some(&b'<') {
+                        return None;
+                    }
+                    tuple = Some((at, name.as_ref().len(), id.filter(|v| !v.is_empty())));
+                } else if lname == b"person" && !person_seen {
+                    person_seen = true;
+                    if id.is_none_or(|v| v.is_empty()) {
+                        return None; // C gives it the tuple's id: the libxml2 path does that
+                    }
+                }
+                if is_start {
+                    depth += 1;
+                }
+            }
+            Ok(Event::End(_)) => depth = depth.checked_sub(1)?,
+            Ok(Event::Text(t)) => {
+                if depth == 0 && !t.iter().all(u8::is_ascii_whitespace) {
+                    return None;
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    if depth != 0 || !root_seen {
+        return None;
+    }
+    let (at, name_len, id) = tuple?;
+    match id {
+        Some(id) => {
+            if stored.is_none() && id.len() > MAX_TUPLE_ID_LEN {
+                return None;
+            }
+            Some(Processed {
+                body: Cow::Owned(body.to_vec()),
+                tuple_id: Some(stored.map_or(id, <[u8]>::to_vec)),
+            })
+        }
+        None => {
+            let new_id = stored.map_or_else(|| generate_tuple_id().into_bytes(), <[u8]>::to_vec);
+            let insert_at = at + 1 + name_len;
+            let mut out = Vec::with_capacity(body.len() + new_id.len() + 8);
+            out.extend_from_slice(&body[..insert_at]);
+            out.extend_from_slice(b" id=\"");
+            for &c in &new_id {
+                match c {
+                    b'"' => out.extend_from_slice(b"&quot;"),
+                    b'&' => out.extend_from_slice(b"&amp;"),
+                    b'<' => out.extend_from_slice(b"&lt;"),
+                    c => out.push(c),
+                }
+            }
+            out.push(b'"');
+            out.extend_from_slice(&body[insert_at..]);
+            Some(Processed {
+                body: Cow::Owned(out),
+                tuple_id: Some(new_id),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod fast_tests {
+    use super::*;
+
+    const USRLOC: &str = "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" entity=\"sip:alice@example.com\">\n  <tuple>\n    <status>\n      <basic>open</basic>\n    </status>\n  </tuple>\n</presence>\n";
+
+    /// The tuple id libxml2 sees in a body.
+    fn tuple_id_of(body: &[u8]) -> Option<Vec<u8>> {
+        let doc = XmlDoc::parse(body).ok()?;
+        let t = doc.find(c"tuple")?;
+        attr(t, c"id")
+    }
+
+    #[test]
+    fn fast_path_inserts_the_id_and_keeps_the_rest() {
+        let p = presence_fast(USRLOC.as_bytes(), Some(b"t-1")).expect("fast path");
+        assert_eq!(p.tuple_id.as_deref(), Some(&b"t-1"[..]));
+        assert_eq!(
+            tuple_id_of(&p.body).as_deref(),
+            Some(&b"t-1"[..]),
+            "libxml2 reads the inserted id"
+        );
+        let s = String::from_utf8(p.body.to_vec()).unwrap();
+        assert_eq!(s, USRLOC.replace("<tuple>", "<tuple id=\"t-1\">"));
+        // Without a stored id one is generated, and the same result as the libxml2 path otherwise.
+        let p = presence_fast(USRLOC.as_bytes(), None).unwrap();
+        let gen = p.tuple_id.clone().unwrap();
+        assert_eq!(tuple_id_of(&p.body), Some(gen));
+        // Ids that need escaping stay intact.
+        let p = presence_fast(USRLOC.as_bytes(), Some(b"a\"b&c")).unwrap();
+        assert_eq!(tuple_id_of(&p.body).as_deref(), Some(&b"a\"b&c"[..]));
+    }
+
+    #[test]
+    fn fast_path_keeps_an_existing_id() {
+        let body = USRLOC.replace("<tuple>", "<tuple id=\"mine\">");
+        let p = presence_fast(body.as_bytes(), None).unwrap();
+        assert_eq!(
+            (p.body.as_ref(), p.tuple_id.as_deref()),
+            (body.as_bytes(), Some(&b"mine"[..]))
+        );
+        let p = presence_fast(body.as_bytes(), Some(b"stored")).unwrap();
+        assert_eq!(p.tuple_id.as_deref(), Some(&b"stored"[..]));
+        // Same answers as the libxml2 path.
+        let slow = {
+            let doc = XmlDoc::parse(body.as_bytes()).unwrap();
+            attr(doc.find(c"tuple").unwrap(), c"id")
+        };
+        assert_eq!(slow.as_deref(), Some(&b"mine"[..]));
+    }
+
+    #[test]
+    fn unusual_documents_take_the_libxml_path() {
+        let cases = [
+            "<presence><tuple><status></presence>",  // mismatched end
+            "<presence><tuple/></presence><extra/>", // two roots
+            "<!DOCTYPE p [<!ENTITY x \"y\">]><presence><tuple/></presence>", // DTD
+            "<presence><person/><tuple/></presence>", // person without id
+            "<presence><tuple id=\"a&amp;b\"/></presence>", // entity in the id
+            "<presence><status/></presence>",        // no tuple
+            "<presence><tuple>",                     // truncated
+            "not xml at all",
+        ];
+        for c in cases {
+            assert!(presence_fast(c.as_bytes(), None).is_none(), "{c}");
+        }
+        // ...where they get libxml2's answers.
+        assert!(presence(b"<presence><tuple>", None).is_err());
+        assert!(presence(b"<presence><status/></presence>", None).is_err());
+        let p = presence(b"<presence><person/><tuple/></presence>", Some(b"t")).unwrap();
+        assert_eq!(p.tuple_id.as_deref(), Some(&b"t"[..]));
+    }
+
+    #[test]
+    fn prefixed_tuples_and_self_closing_tags() {
+        let body = b"<p:presence xmlns:p=\"urn:ietf:params:xml:ns:pidf\"><p:tuple/></p:presence>";
+        let p = presence_fast(body, Some(b"z")).unwrap();
+        assert_eq!(p.body.as_ref(), &b"<p:presence xmlns:p=\"urn:ietf:params:xml:ns:pidf\"><p:tuple id=\"z\"/></p:presence>"[..]);
+        assert_eq!(tuple_id_of(&p.body).as_deref(), Some(&b"z"[..]));
     }
 }
