@@ -21,7 +21,8 @@ use crate::publish::{self, classify, Kind, Outcome, ReplyInfo};
 use crate::shm::{str_bytes, str_ptr_bytes};
 use crate::sys::{sip_msg, ua_pres_t};
 use crate::table::{
-    ext_of, free_record, BucketRef, Rec, RecordData, Table, EXT_HAD_423, EXT_TIMEOUT_LOGGED,
+    ext_of, free_record, BucketRef, Rec, RecordData, Table, EXT_BODY_PACKED, EXT_HAD_423,
+    EXT_TIMEOUT_LOGGED,
 };
 use crate::{lm_dbg, lm_err, lm_info, lm_warn};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -229,7 +230,9 @@ impl Engine {
                 d.ext.gen = 1;
                 d.ext.sent_at = now;
                 let (ua_flag, cb_param) = (d.ua_flag, d.cb_param);
-                let Some(r) = d.to_shm() else { return Err(-1) };
+                let Some(r) = record_block(&d) else {
+                    return Err(-1);
+                };
                 b.push(r);
                 let mut req = d;
                 req.ua_flag = ua_flag;
@@ -261,6 +264,7 @@ impl Engine {
                         d.tuple_id = tuple.unwrap_or_default();
                     }
                     d.body = Some(body);
+                    d.ext.flags &= !EXT_BODY_PACKED;
                     if !intent.content_type.is_empty() {
                         d.content_type = intent.content_type.clone();
                     }
@@ -280,7 +284,9 @@ impl Engine {
                 d.ext.state = 1;
                 d.ext.gen = d.ext.gen.wrapping_add(1);
                 d.ext.sent_at = now;
-                let Some(nr) = d.to_shm() else { return Err(-1) };
+                let Some(nr) = record_block(&d) else {
+                    return Err(-1);
+                };
                 b.replace(r, nr);
                 let mut req = d;
                 if kind != Kind::Modify {
@@ -443,6 +449,9 @@ impl Engine {
                     );
                     let mut d = RecordData::from_rec(r);
                     d.etag.clear();
+                    if d.ext.flags & EXT_BODY_PACKED != 0 {
+                        d.body = d.body.as_deref().map(crate::pack::unpack);
+                    }
                     let e = ext_of(r);
                     e.gen = e.gen.wrapping_add(1);
                     e.sent_at = now;
@@ -730,6 +739,20 @@ impl Engine {
         }
         st
     }
+}
+
+/// The shm block of a table record: a publication's body is kept packed
+/// (it is only read again to re-publish after a 412).
+fn record_block(d: &RecordData) -> Option<Rec> {
+    if d.ext.flags & EXT_BODY_PACKED == 0 {
+        if let Some(p) = d.body.as_deref().and_then(crate::pack::pack) {
+            let mut packed = d.clone();
+            packed.body = Some(p);
+            packed.ext.flags |= EXT_BODY_PACKED;
+            return packed.to_shm();
+        }
+    }
+    d.to_shm()
 }
 
 /// [`enqueue`] for the SUBSCRIBE side.
@@ -1076,6 +1099,37 @@ mod tests {
             h.callbacks.borrow().is_empty(),
             "refreshes are our own: no consumer callback"
         );
+    }
+
+    #[test]
+    fn kept_bodies_are_packed_and_republished_intact() {
+        let (e, h) = engine();
+        let pidf = "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\">\n  <tuple id=\"t\">\n    <status>\n      <basic>open</basic>\n    </status>\n  </tuple>\n</presence>\n";
+        e.send_publish(&h, intent(Some(pidf), -1, 0));
+        let (req, _, sent) = pop_sent(&h);
+        e.on_reply(&h, req, Some(&ok("e1", 3600)), MSG);
+        let rec = stored(&e).remove(0);
+        assert!(rec.ext.flags & EXT_BODY_PACKED != 0);
+        assert!(
+            rec.body.as_ref().unwrap().len() < sent.as_ref().unwrap().len() / 2,
+            "packed in shm"
+        );
+        // A refresh gets 412: the original body goes out again.
+        h.now.set(13_550);
+        e.pass(&h, true);
+        let (req, _, _) = pop_sent(&h);
+        e.on_reply(
+            &h,
+            req,
+            Some(&ReplyInfo {
+                code: 412,
+                ..Default::default()
+            }),
+            MSG,
+        );
+        let (_, hdr, body) = pop_sent(&h);
+        assert!(!hdr.contains("SIP-If-Match"));
+        assert_eq!(body, sent, "unpacked intact");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod hash;
 pub mod libxml;
 pub mod lock;
 pub mod log;
+pub mod pack;
 pub mod params;
 pub mod persist;
 pub mod publish;

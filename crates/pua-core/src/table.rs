@@ -107,6 +107,8 @@ impl Default for Ext {
 pub const EXT_TIMEOUT_LOGGED: u32 = 1;
 /// `Ext::flags`: this request was retried after a 423 already.
 pub const EXT_HAD_423: u32 = 2;
+/// `Ext::flags`: the record's body is packed (`pack::pack`).
+pub const EXT_BODY_PACKED: u32 = 4;
 
 /// Header of every block: the C struct, then our state.
 #[repr(C)]
