@@ -340,7 +340,7 @@ unsafe extern "C" fn rpc_stats(rpc: *mut rpc_t, ctx: *mut c_void) {
             ("events", pua_core::events::all().len() as i64),
             ("callbacks", pua_core::callbacks::count() as i64),
             ("shm_real_used", crate::kam::mem::shm_real_used() as i64),
-            ("pua_shm_reserved", crate::kam::mem::slab_usage().0 as i64),
+            ("pua_shm_cached", crate::kam::mem::slab_usage().0 as i64),
             ("pua_shm_in_use", crate::kam::mem::slab_usage().1 as i64),
         ]);
     })

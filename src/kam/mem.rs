@@ -52,7 +52,7 @@ pub fn install() {
     pua_core::shm::set_allocator(&PUA_SHM);
 }
 
-/// (bytes reserved from Kamailio's shm, bytes in live blocks) of pua's slab.
+/// (bytes kept on pua's free lists, bytes in live blocks).
 pub fn slab_usage() -> (u64, u64) {
     slab().map_or((0, 0), |s| s.usage())
 }

@@ -62,7 +62,8 @@ pub fn t_request(
         )
     };
     if r < 0 {
-        lm_err!(
+        // The caller logs the failure: one line per failed request.
+        pua_core::lm_dbg!(
             "tm refused to send {} (t_request returned {})",
             String::from_utf8_lossy(req.method),
             r
@@ -114,7 +115,7 @@ pub unsafe fn send_on_dialog(
         )
     };
     if r < 0 {
-        lm_err!(
+        pua_core::lm_dbg!(
             "tm refused to send {} (t_uac returned {})",
             String::from_utf8_lossy(method),
             r

@@ -36,7 +36,17 @@ fn allocator() -> &'static dyn ShmAllocator {
 pub fn alloc_zeroed(size: usize) -> Option<*mut u8> {
     let p = allocator().alloc(size.max(1));
     if p.is_null() {
-        crate::lm_err!("out of shared memory ({} bytes)", size);
+        // Under overload this can happen thousands of times a second: log
+        // the 1st, 2nd, 4th, 8th... failure of this process.
+        static FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            crate::lm_err!(
+                "out of shared memory ({} bytes); {} such failures in this process",
+                size,
+                n
+            );
+        }
         return None;
     }
     // SAFETY: `p` is a fresh allocation of at least `size` bytes.

@@ -1,12 +1,12 @@
-//! A size-class allocator in shared memory over the host's allocator.
+//! A caching allocator in shared memory over the host's allocator.
 //!
 //! Kamailio's shm allocator (with DBG_SR_MEMORY) costs tens of thousands of
-//! instructions per call and a sizeable header per fragment; a PUBLISH
-//! allocates and frees a few blocks. This allocator takes 64 KiB chunks from
-//! the host and serves blocks from per-class free lists (classes of 32
-//! bytes up to 4 KiB), under one cross-process futex lock; larger blocks go
-//! to the host directly. Memory taken from the host is kept for reuse, not
-//! returned (the table's peak size stays reserved), and is counted.
+//! instructions per call, and a PUBLISH allocates and frees a few blocks.
+//! Blocks are rounded up to size classes (32 bytes apart, up to 4 KiB) and,
+//! when freed, kept on per-class free lists for the next allocation of the
+//! class, under one cross-process futex lock. At most [`CACHE_CAP`] bytes
+//! are kept: beyond that, and for blocks above 4 KiB, memory goes straight
+//! back to the host, so under overload tm gets back what pua does not use.
 
 use crate::lock::FutexLock;
 use crate::shm::ShmAllocator;
@@ -17,32 +17,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const GRAIN: usize = 32;
 const MAX_CLASS_SIZE: usize = 4096;
 const NCLASS: usize = MAX_CLASS_SIZE / GRAIN;
-/// Bytes taken from the host at a time.
-const CHUNK: usize = 64 * 1024;
 /// Per-block header: the class (or DIRECT) in the 8 bytes before the block.
 const HDR: usize = 8;
 const DIRECT: u64 = u64::MAX;
+/// The most bytes kept on the free lists.
+pub const CACHE_CAP: u64 = 1 << 20;
 
 /// The allocator's state, itself in shared memory.
 #[repr(C)]
 pub struct SlabState {
     lock: FutexLock,
     free: [*mut u8; NCLASS],
-    cur: *mut u8,
-    left: usize,
-    /// Bytes taken from the host (chunks and direct blocks).
-    pub reserved: AtomicU64,
-    /// Bytes handed out in live blocks (their class sizes).
+    /// Bytes on the free lists.
+    pub cached: AtomicU64,
+    /// Bytes in live blocks (their class sizes).
     pub in_use: AtomicU64,
 }
 
-/// A slab allocator over `base`; state lives in memory from `base`.
+/// A caching allocator over `base`; its state lives in memory from `base`.
 pub struct Slab {
     base: &'static dyn ShmAllocator,
     st: *mut SlabState,
 }
 
-// SAFETY: the state is in shm and only changed under its futex lock.
+// SAFETY: the state is in shm and only changed under its futex lock (the
+// counters are atomics).
 unsafe impl Sync for Slab {}
 // SAFETY: as above.
 unsafe impl Send for Slab {}
@@ -62,12 +61,12 @@ impl Slab {
         Some(Slab { base, st })
     }
 
-    /// The counters (reserved from the host, in use by blocks).
+    /// (bytes kept on the free lists, bytes in live blocks).
     pub fn usage(&self) -> (u64, u64) {
         // SAFETY: the state lives as long as the slab.
         let st = unsafe { &*self.st };
         (
-            st.reserved.load(Ordering::Relaxed),
+            st.cached.load(Ordering::Relaxed),
             st.in_use.load(Ordering::Relaxed),
         )
     }
@@ -80,7 +79,7 @@ impl Slab {
 
 impl ShmAllocator for Slab {
     fn alloc(&self, size: usize) -> *mut u8 {
-        // SAFETY: the state is valid; lists and chunks change under the lock.
+        // SAFETY: the state is valid; the lists change under the lock.
         unsafe {
             let st = &mut *self.st;
             let Some(c) = Self::class_of(size) else {
@@ -89,38 +88,23 @@ impl ShmAllocator for Slab {
                     return p;
                 }
                 (p as *mut u64).write(DIRECT);
-                st.reserved
-                    .fetch_add((size + HDR) as u64, Ordering::Relaxed);
                 return p.add(HDR);
             };
             let bsize = (c + 1) * GRAIN;
-            let _g = st.lock.lock();
-            let mut b = st.free[c];
-            if !b.is_null() {
-                st.free[c] = *(b as *mut *mut u8);
-            } else {
-                if st.left < bsize {
-                    // The rest of the chunk goes to the free lists of the
-                    // classes it fits, then a new chunk.
-                    while st.left >= GRAIN {
-                        let k = (st.left / GRAIN).min(NCLASS) - 1;
-                        let piece = st.cur;
-                        *(piece as *mut *mut u8) = st.free[k];
-                        st.free[k] = piece;
-                        st.cur = st.cur.add((k + 1) * GRAIN);
-                        st.left -= (k + 1) * GRAIN;
-                    }
-                    let chunk = self.base.alloc(CHUNK);
-                    if chunk.is_null() {
-                        return ptr::null_mut();
-                    }
-                    st.reserved.fetch_add(CHUNK as u64, Ordering::Relaxed);
-                    st.cur = chunk;
-                    st.left = CHUNK;
+            let mut b = {
+                let _g = st.lock.lock();
+                let b = st.free[c];
+                if !b.is_null() {
+                    st.free[c] = *(b as *mut *mut u8);
+                    st.cached.fetch_sub(bsize as u64, Ordering::Relaxed);
                 }
-                b = st.cur;
-                st.cur = st.cur.add(bsize);
-                st.left -= bsize;
+                b
+            };
+            if b.is_null() {
+                b = self.base.alloc(bsize);
+                if b.is_null() {
+                    return b;
+                }
             }
             st.in_use.fetch_add(bsize as u64, Ordering::Relaxed);
             (b as *mut u64).write(c as u64);
@@ -144,11 +128,18 @@ impl ShmAllocator for Slab {
             crate::lm_crit!("slab: freeing a block with a corrupt header ({})", c);
             return;
         }
-        let _g = st.lock.lock();
-        *(b as *mut *mut u8) = st.free[c];
-        st.free[c] = b;
-        st.in_use
-            .fetch_sub(((c + 1) * GRAIN) as u64, Ordering::Relaxed);
+        let bsize = (c + 1) * GRAIN;
+        st.in_use.fetch_sub(bsize as u64, Ordering::Relaxed);
+        {
+            let _g = st.lock.lock();
+            if st.cached.load(Ordering::Relaxed) + bsize as u64 <= CACHE_CAP {
+                *(b as *mut *mut u8) = st.free[c];
+                st.free[c] = b;
+                st.cached.fetch_add(bsize as u64, Ordering::Relaxed);
+                return;
+            }
+        }
+        self.base.free(b);
     }
 }
 
@@ -157,15 +148,33 @@ mod tests {
     use super::*;
     use crate::testing::{fork_child, SharedArena};
 
-    fn slab() -> (&'static SharedArena, Slab) {
-        let arena: &'static SharedArena = Box::leak(Box::new(SharedArena::new(64 << 20)));
-        let s = Slab::new(arena).unwrap();
-        (arena, s)
+    /// A counting base allocator over a shared arena.
+    struct Counting {
+        arena: SharedArena,
+        frees: AtomicU64,
+    }
+    impl ShmAllocator for Counting {
+        fn alloc(&self, size: usize) -> *mut u8 {
+            self.arena.alloc(size)
+        }
+        unsafe fn free(&self, p: *mut u8) {
+            self.frees.fetch_add(1, Ordering::SeqCst);
+            self.arena.free(p)
+        }
+    }
+
+    fn slab() -> (&'static Counting, Slab) {
+        let base: &'static Counting = Box::leak(Box::new(Counting {
+            arena: SharedArena::new(64 << 20),
+            frees: AtomicU64::new(0),
+        }));
+        let s = Slab::new(base).unwrap();
+        (base, s)
     }
 
     #[test]
     fn classes_and_reuse() {
-        let (_, s) = slab();
+        let (base, s) = slab();
         let a = s.alloc(10);
         let b = s.alloc(10);
         assert_ne!(a, b);
@@ -184,11 +193,34 @@ mod tests {
             ptr::write_bytes(big, 3, 100_000);
             s.free(big);
         }
+        assert_eq!(
+            base.frees.load(Ordering::SeqCst),
+            1,
+            "large blocks go back at once"
+        );
         assert_eq!(Slab::class_of(0), Some(0));
         assert_eq!(Slab::class_of(24), Some(0));
         assert_eq!(Slab::class_of(25), Some(1));
         assert_eq!(Slab::class_of(4088), Some(NCLASS - 1));
         assert_eq!(Slab::class_of(4089), None);
+    }
+
+    #[test]
+    fn the_cache_is_capped_and_memory_goes_back() {
+        let (base, s) = slab();
+        let n = (2 * CACHE_CAP as usize) / 1024;
+        let blocks: Vec<_> = (0..n).map(|_| s.alloc(1000)).collect();
+        for p in blocks {
+            // SAFETY: allocated above, freed once.
+            unsafe { s.free(p) };
+        }
+        let (cached, used) = s.usage();
+        assert!(cached <= CACHE_CAP);
+        assert_eq!(used, 0);
+        assert!(
+            base.frees.load(Ordering::SeqCst) as usize >= n / 2 - 1,
+            "beyond the cap, blocks go back"
+        );
     }
 
     #[test]
@@ -202,14 +234,17 @@ mod tests {
             // SAFETY: `n` bytes.
             unsafe { ptr::write_bytes(p, (i % 251) as u8, n) };
             blocks.push((p, n, (i % 251) as u8));
+            if i % 3 == 0 {
+                let (p, _, _) = blocks.swap_remove(i / 7 % blocks.len());
+                // SAFETY: still allocated; removed from the list.
+                unsafe { s.free(p) };
+            }
         }
         for (p, n, v) in &blocks {
             // SAFETY: still allocated.
             let sl = unsafe { std::slice::from_raw_parts(*p, *n) };
             assert!(sl.iter().all(|b| b == v), "blocks overlap");
         }
-        let (_, used) = s.usage();
-        assert!(used > 0);
         for (p, _, _) in blocks {
             // SAFETY: allocated above, freed once.
             unsafe { s.free(p) };
