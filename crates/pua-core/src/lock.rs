@@ -3,7 +3,7 @@
 //! futex word, 0 = free, 1 = locked, 2 = locked with waiters; spin up to
 //! ADAPTIVE_WAIT_LOOPS, then a non-private FUTEX_WAIT). Non-private futexes
 //! wake waiters in other processes mapping the same shared memory, which a
-//! process-local lock (std::sync::Mutex, parking_lot) silently does not.
+//! process-local lock (the standard library's Mutex, parking_lot's) silently does not.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
