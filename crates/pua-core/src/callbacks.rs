@@ -29,22 +29,10 @@ pub enum RegisterError {
 }
 
 fn head() -> Option<&'static ListHead> {
-    let mut h = HEAD.load(Ordering::Acquire);
-    if h.is_null() {
-        let p = shm::alloc_struct::<ListHead>()?;
-        // SAFETY: fresh zeroed shm, unpublished.
-        unsafe { FutexLock::init(ptr::addr_of_mut!((*p).lock)) };
-        h = match HEAD.compare_exchange(ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => p,
-            Err(existing) => {
-                // SAFETY: never published.
-                unsafe { shm::free(p) };
-                existing
-            }
-        };
-    }
-    // SAFETY: lives in shm until `destroy`.
-    Some(unsafe { &*h })
+    shm::shared_singleton(&HEAD, |p| {
+        // SAFETY: fresh zeroed shm; nobody else sees it before it is published.
+        unsafe { FutexLock::init(ptr::addr_of_mut!((*p).lock)) }
+    })
 }
 
 /// Registers `f` for records whose `flag` has any bit of `types`.

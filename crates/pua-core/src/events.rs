@@ -91,23 +91,10 @@ struct ListHead {
 static HEAD: AtomicPtr<ListHead> = AtomicPtr::new(ptr::null_mut());
 
 fn head() -> Option<&'static ListHead> {
-    let mut h = HEAD.load(Ordering::Acquire);
-    if h.is_null() {
-        // First use: normally mod_init, before the fork.
-        let p = shm::alloc_struct::<ListHead>()?;
-        // SAFETY: fresh zeroed shm; nobody else sees it before the store.
-        unsafe { FutexLock::init(ptr::addr_of_mut!((*p).lock)) };
-        h = match HEAD.compare_exchange(ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => p,
-            Err(existing) => {
-                // SAFETY: `p` was never published.
-                unsafe { shm::free(p) };
-                existing
-            }
-        };
-    }
-    // SAFETY: the head lives in shm until `destroy`.
-    Some(unsafe { &*h })
+    shm::shared_singleton(&HEAD, |p| {
+        // SAFETY: fresh zeroed shm; nobody else sees it before it is published.
+        unsafe { FutexLock::init(ptr::addr_of_mut!((*p).lock)) }
+    })
 }
 
 /// Why an event could not be added.

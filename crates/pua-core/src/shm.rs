@@ -157,3 +157,28 @@ pub unsafe fn write_str_at(base: *mut u8, off: usize, bytes: &[u8]) -> *mut str_
     hdr.write(write_bytes_at(base, data_off, bytes));
     hdr
 }
+
+/// The shm struct behind `slot`, allocated zeroed (and handed to `init`)
+/// at first use (normally in mod_init, before the fork). A struct made by
+/// a racing caller that lost is freed. `None` when shm is exhausted.
+pub fn shared_singleton<T>(
+    slot: &std::sync::atomic::AtomicPtr<T>,
+    init: impl FnOnce(*mut T),
+) -> Option<&'static T> {
+    use std::sync::atomic::Ordering;
+    let mut h = slot.load(Ordering::Acquire);
+    if h.is_null() {
+        let p = alloc_struct::<T>()?;
+        init(p);
+        h = match slot.compare_exchange(ptr::null_mut(), p, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => p,
+            Err(existing) => {
+                // SAFETY: `p` was never published.
+                unsafe { free(p) };
+                existing
+            }
+        };
+    }
+    // SAFETY: published structs live in shm until their owner's destroy.
+    Some(unsafe { &*h })
+}
