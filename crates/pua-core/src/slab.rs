@@ -21,7 +21,7 @@ const NCLASS: usize = MAX_CLASS_SIZE / GRAIN;
 const HDR: usize = 8;
 const DIRECT: u64 = u64::MAX;
 /// The most bytes kept on the free lists.
-pub const CACHE_CAP: u64 = 1 << 20;
+pub const CACHE_CAP: u64 = 256 << 10;
 
 /// The allocator's state, itself in shared memory.
 #[repr(C)]
