@@ -1,0 +1,912 @@
+#!/usr/bin/env python3
+"""pua-rs benchmark: our pua.so against Debian's C pua.so, same load, one run.
+
+Usage:
+  python3 bench/run.py                        # default: 5 rounds x rates 1000,3000 x
+                                              #   (ours, c, floor), 12 s of load each
+  python3 bench/run.py --rounds 5 --rates 1000,3000 --duration 12 --users 10000
+  python3 bench/run.py --quick                # 1 round, 5 s, rate 1000 (smoke test)
+  python3 bench/run.py --callgrind            # instructions per PUBLISH inside pua
+  python3 bench/run.py --pua PATH             # another build of ours (default <repo>/pua.so)
+  python3 bench/run.py --update-readme        # also write the table into bench/README.md
+
+See bench/README.md for the method.  Python 3 standard library only; runs as
+root on 127.0.0.1; needs cargo (for bench/loadgen), Debian's kamailio 5.6.3
+packages, and valgrind for --callgrind.  Every process it starts is started
+in its own session and stopped by PID (process group); every wait is bounded.
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "cfg-tests"))
+
+import kamtest  # noqa: E402
+
+LOADGEN_DIR = os.path.join(HERE, "loadgen")
+LOADGEN = os.path.join(LOADGEN_DIR, "target", "release", "loadgen")
+CFG_DIR = os.path.join(HERE, "cfg")
+WORK = os.path.join(HERE, "work")
+README = os.path.join(HERE, "README.md")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# tm's wt_timer is 5 s (default): a transaction is freed that long after its
+# final reply.  shm is read once no PUBLISH has been answered for this long.
+SHM_SETTLE_S = 6.5
+SHM_SETTLE_MAX_S = 40.0
+
+LOG_ERR_RE = re.compile(r"(?:^|\s)(ERROR|CRITICAL|CRIT|BUG|ALERT):")
+LOG_WARN_RE = re.compile(r"(?:^|\s)WARNING:")
+SHUTDOWN_RE = re.compile(r"handle_sigs\(\): child process \d+ exited")
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------
+# processes
+
+
+class LineProc:
+    """A child process (own session) whose stdout is read line by line with
+    timeouts; stopped by PID."""
+
+    def __init__(self, argv, stdin=False, stderr_path=None):
+        self.argv = argv
+        self._err = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=self._err,
+                                  start_new_session=True)
+        self.buf = b""
+
+    def readline(self, timeout):
+        """The next stdout line (str, no newline); None on EOF; raises
+        RuntimeError after timeout s."""
+        deadline = time.monotonic() + timeout
+        fd = self.p.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError("%s: no output line within %.0f s" % (self.argv[:2], timeout))
+            r, _, _ = select.select([fd], [], [], left)
+            if not r:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                if self.buf:
+                    line, self.buf = self.buf, b""
+                    return line.decode()
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
+
+    def expect(self, prefix, timeout):
+        """Read lines until one starts with prefix; returns the rest."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.readline(max(0.1, deadline - time.monotonic()))
+            if line is None:
+                raise RuntimeError("%s exited before printing %s (status %s)"
+                                   % (self.argv[:2], prefix, self.p.poll()))
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+    def send(self, text):
+        self.p.stdin.write(text.encode())
+        self.p.stdin.flush()
+
+    def stop(self, timeout=5.0):
+        if self.p.poll() is None:
+            try:
+                if self.p.stdin:
+                    self.p.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.p.wait(timeout=5)
+        if self._err is not subprocess.DEVNULL:
+            self._err.close()
+        return self.p.returncode
+
+
+class Uas:
+    """bench/loadgen uas: the PUBLISH answerer."""
+
+    def __init__(self, work):
+        self.lp = LineProc([LOADGEN, "uas", "--max-seconds", "1500",
+                            "--dump", os.path.join(work, "publish-samples.txt")], stdin=True,
+                           stderr_path=os.path.join(work, "uas.stderr"))
+        self.port = int(self.lp.expect("PORT ", 5))
+
+    def stats(self):
+        self.lp.send("stats\n")
+        return json.loads(self.lp.expect("STATS ", 5))
+
+    def stop(self):
+        final = None
+        if self.lp.p.poll() is None:
+            try:
+                self.lp.send("quit\n")
+                final = json.loads(self.lp.expect("FINAL ", 5))
+            except (RuntimeError, OSError, ValueError):
+                pass
+        self.lp.stop()
+        return final
+
+
+def cpu_seconds(pgid):
+    """utime+stime (s) of every live process in the process group (Kamailio
+    is started in its own session: the main process and all its children)."""
+    total = 0
+    for pid in kamtest.pgroup_members(pgid):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                st = f.read()
+        except OSError:
+            continue
+        rest = st[st.rfind(")") + 2:].split()
+        total += int(rest[11]) + int(rest[12])   # fields 14, 15: utime, stime
+    return total / CLK_TCK
+
+
+def shm_real_used(k):
+    out = k.ctl("core.shmmem").stdout
+    m = re.search(r"real_used:\s*(\d+)", out)
+    if not m:
+        raise RuntimeError("no real_used in core.shmmem: %r" % out)
+    return int(m.group(1))
+
+
+def mod_shm(k, module):
+    """Bytes of shm the allocator attributes to a module (kex's
+    mod.mem_stats <module> shm: payload sizes, no allocator overhead)."""
+    r = k.ctl("mod.mem_stats", module, "shm", check=False)
+    m = re.search(r"Total:\s*(\d+)", r.stdout)
+    return int(m.group(1)) if m else None
+
+
+def log_counts(text):
+    errs, warns = [], 0
+    for line in text.splitlines():
+        if LOG_ERR_RE.search(line) and not SHUTDOWN_RE.search(line):
+            errs.append(line)
+        elif LOG_WARN_RE.search(line):
+            warns += 1
+    return errs, warns
+
+
+def summarize_errors(lines, n=6):
+    """The most frequent error messages, pids and numbers stripped."""
+    counts = {}
+    for l in lines:
+        m = kamtest.LOG_LINE_RE.match(l)
+        msg = m.group(4) if m else l
+        msg = re.sub(r"\d+", "N", msg)[:160]
+        counts[msg] = counts.get(msg, 0) + 1
+    return sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+
+
+# --------------------------------------------------------------------------
+# one measured run
+
+
+CONFIGS = ("ours", "c", "floor")
+
+
+def make_kamailio(config, work, uas_port, ours_so, children, shm_mb, cls=kamtest.Kamailio):
+    cfg = os.path.join(CFG_DIR, "client-floor.cfg" if config == "floor" else "client-pua.cfg")
+    # floor loads no pua: the mods dir then holds an unused copy of the C one.
+    so = ours_so if config == "ours" else kamtest.C_PUA
+    return cls(cfg, work, so, name="client",
+               subst={"@UAS_PORT@": str(uas_port), "@CHILDREN@": str(children)},
+               shm_mb=shm_mb, pkg_mb=16)
+
+
+def foreign_load():
+    """Kamailio / cargo / rustc / valgrind processes on the machine (none of
+    ours run between two measurements), and the 1-minute load average."""
+    n = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/comm" % d) as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if comm in ("kamailio", "cargo", "rustc", "cc1", "ld") or comm.startswith("memcheck") \
+                or comm.startswith("callgrind"):
+            n += 1
+    return n, os.getloadavg()[0]
+
+
+def wait_quiet(max_wait):
+    """Wait (bounded) until no other Kamailio/compiler runs on the machine."""
+    deadline = time.monotonic() + max_wait
+    n, la = foreign_load()
+    while n and time.monotonic() < deadline:
+        time.sleep(1.0)
+        n, la = foreign_load()
+    return n, la
+
+
+def run_one(config, rate, rnd, a, ours_so):
+    work = os.path.join(WORK, "r%d-%s-%d" % (rnd, config, rate))
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    res = {"config": config, "rate": rate, "round": rnd, "work": work, "users": a.users}
+    res["foreign_procs"], res["loadavg"] = wait_quiet(a.quiet_wait)
+    if res["foreign_procs"]:
+        log("  note: %d other kamailio/compiler processes running during this run"
+            % res["foreign_procs"])
+    uas = Uas(work)
+    k = make_kamailio(config, work, uas.port, ours_so, a.children, a.shm)
+    phones = None
+    try:
+        k.start()
+        if config != "floor":
+            k.check_pua_loaded()
+        time.sleep(1.0)
+        workers = sorted(kamtest.pgroup_members(k.pid))
+        res["shm_idle"] = shm_real_used(k)
+        res["pua_shm_idle"] = mod_shm(k, "pua") if config != "floor" else None
+        u0 = uas.stats()
+        cpu0 = cpu_seconds(k.pid)
+
+        phones = LineProc([LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
+                           "--users", str(a.users), "--rate", str(rate),
+                           "--duration", str(a.duration), "--drain", str(a.drain)],
+                          stderr_path=os.path.join(work, "phones.stderr"))
+        phones.expect("START", 10)
+        t_start = time.monotonic()
+        done = phones.expect("SENDING_DONE", a.duration + 15).split()
+        send_s = float(done[0])
+        u1 = uas.stats()
+        t_done = time.monotonic()
+        result = json.loads(phones.expect("RESULT", a.drain + 15))
+        phones.stop()
+        phones = None
+        u2 = uas.stats()
+        cpu1 = cpu_seconds(k.pid)
+        t_end = time.monotonic()
+
+        # shm with the publications held: once tm has freed the transactions.
+        deadline = time.monotonic() + SHM_SETTLE_MAX_S
+        prev = None
+        while True:
+            s = uas.stats()
+            idle_for = (s["now_unix_ms"] - s["last_publish_unix_ms"]) / 1000.0
+            if idle_for >= SHM_SETTLE_S:
+                cur = shm_real_used(k)
+                if prev is not None and abs(cur - prev) <= max(4096, prev * 0.001):
+                    break
+                prev = cur
+            if time.monotonic() > deadline:
+                res["shm_note"] = "shm not settled after %.0f s" % SHM_SETTLE_MAX_S
+                break
+            time.sleep(0.5)
+        res["shm_loaded"] = shm_real_used(k)
+        res["pua_shm_loaded"] = mod_shm(k, "pua") if config != "floor" else None
+        res["settle_s"] = round(time.monotonic() - t_end, 1)
+        u3 = uas.stats()
+        alive = k.alive() and sorted(kamtest.pgroup_members(k.pid)) == workers
+        res["alive"] = bool(alive)
+        text = k.log_text()
+    finally:
+        if phones:
+            phones.stop()
+        rc = k.stop()
+        final = uas.stop()
+    errs, warns = log_counts(text)
+    res.update({
+        "exit_status": rc,
+        "offered": result["sent"],
+        "send_s": send_s,
+        "reg_ok": result["ok"],
+        "reg_non200": result["non200"],
+        "reg_timeouts": result["timeouts"],
+        "reg_codes": result["codes"],
+        "reg_lat_p50_ms": result["lat_us_p50"] / 1000.0,
+        "reg_lat_p99_ms": result["lat_us_p99"] / 1000.0,
+        "pub_in_window": u1["publish_unique"] - u0["publish_unique"],
+        "pub_total": u2["publish_unique"] - u0["publish_unique"],
+        "pub_after_settle": u3["publish_unique"] - u0["publish_unique"],
+        "pub_initial": u3["initial"] - u0["initial"],
+        "pub_refresh": u3["refresh"] - u0["refresh"],
+        "pub_retrans": u3["retransmissions"] - u0["retransmissions"],
+        "n_pubs": u3["distinct_initial_uris"],
+        "cpu_s": cpu1 - cpu0,
+        "log_errors": len(errs),
+        "log_warnings": warns,
+        "top_errors": summarize_errors(errs),
+        "uas_final": final,
+    })
+    res["pub_rate"] = res["pub_in_window"] / send_s
+    res["cpu_per_1k"] = 1000.0 * res["cpu_s"] / res["pub_total"] if res["pub_total"] else None
+    res["shm_per_pub"] = ((res["shm_loaded"] - res["shm_idle"]) / res["n_pubs"]
+                          if res["n_pubs"] else None)
+    res["pua_shm_per_pub"] = ((res["pua_shm_loaded"] - res["pua_shm_idle"]) / res["n_pubs"]
+                              if res["n_pubs"] and res["pua_shm_loaded"] is not None
+                              and res["pua_shm_idle"] is not None else None)
+    # Every REGISTER answered 200 must cause exactly one PUBLISH (pua_usrloc:
+    # initial or refresh; floor: uac_req_send()) that the UAS answers.
+    res["lost_pub"] = max(0, res["reg_ok"] - res["pub_after_settle"])
+    bad = res["reg_non200"] + res["reg_timeouts"] + res["lost_pub"]
+    res["errors_per_1k"] = 1000.0 * bad / res["offered"] if res["offered"] else None
+    res["log_errors_per_1k"] = 1000.0 * res["log_errors"] / res["offered"] if res["offered"] else None
+    res["send_publish_failed"] = sum(1 for l in errs if "failed sending publish" in l)
+    return res
+
+
+# --------------------------------------------------------------------------
+# tables
+
+
+def med(rows, key):
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def rng(rows, key):
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return (min(vals), max(vals)) if vals else (None, None)
+
+
+METRICS = [
+    # key, header, format
+    ("pub_rate", "PUBLISH/s answered", "%.0f"),
+    ("cpu_per_1k", "CPU s / 1k PUBLISH", "%.3f"),
+    ("shm_per_pub", "shm B / publication (core.shmmem real_used)", "%.0f"),
+    ("pua_shm_per_pub", "pua's shm B / publication (mod.mem_stats pua shm)", "%.0f"),
+    ("errors_per_1k", "errors / 1k offered (REGISTER not 200 + REGISTER 200 without PUBLISH 200)", "%.2f"),
+    ("log_errors_per_1k", "ERROR log lines / 1k offered", "%.2f"),
+    ("reg_lat_p99_ms", "REGISTER p99 ms", "%.1f"),
+    ("lost_pub", "REGISTER 200 without PUBLISH 200", "%.0f"),
+    ("send_publish_failed", "pua_usrloc 'failed sending publish' lines", "%.0f"),
+]
+
+
+def fmt(f, v):
+    return "-" if v is None else f % v
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "-"
+    return "%.2f" % (a / b)
+
+
+def table(results, rates):
+    out = []
+    for rate in rates:
+        rows = {c: [r for r in results if r["rate"] == rate and r["config"] == c] for c in CONFIGS}
+        n = max(len(v) for v in rows.values())
+        out.append("")
+        out.append("Offered %d REGISTER/s, %d users (medians of %d rounds, [min-max])"
+                   % (rate, rows["ours"][0]["users"] if rows["ours"] else 0, n))
+        out.append("")
+        out.append("| metric | ours | C | floor (uac, no pua) | ours/C | ours-floor | C-floor | (ours-floor)/(C-floor) |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for key, head, f in METRICS:
+            cells = []
+            meds = {}
+            for c in CONFIGS:
+                m = med(rows[c], key)
+                meds[c] = m
+                lo, hi = rng(rows[c], key)
+                cells.append("%s [%s-%s]" % (fmt(f, m), fmt(f, lo), fmt(f, hi)) if m is not None else "-")
+            extra = ["-", "-", "-"]
+            if key in ("cpu_per_1k", "shm_per_pub") and None not in meds.values():
+                do = meds["ours"] - meds["floor"]
+                dc = meds["c"] - meds["floor"]
+                extra = [f % do, f % dc, ratio(do, dc)]
+            out.append("| %s | %s | %s | %s | %s | %s |" % (
+                head, cells[0], cells[1], cells[2], ratio(meds["ours"], meds["c"]), " | ".join(extra)))
+    return "\n".join(out)
+
+
+def notes(results, rates):
+    """Per rate and config: runs with errors, dead Kamailios, and the most
+    frequent ERROR messages summed over the rounds."""
+    out = []
+    for rate in rates:
+        for c in CONFIGS:
+            rows = [r for r in results if r["rate"] == rate and r["config"] == c]
+            bad = [r for r in rows if r["log_errors"] or r["reg_timeouts"] or r["reg_non200"]
+                   or r["lost_pub"] or not r["alive"] or r["exit_status"] != 0]
+            if not bad:
+                continue
+            counts = {}
+            for r in bad:
+                for msg, cnt in r["top_errors"]:
+                    counts[msg] = counts.get(msg, 0) + cnt
+            out.append("- %d/s %s: %d of %d runs with errors; dead or unclean exit: %s; "
+                       "ERROR lines %s; most frequent:" % (
+                           rate, c, len(bad), len(rows),
+                           ", ".join("round %d (alive=%s, exit=%s)" % (r["round"], r["alive"], r["exit_status"])
+                                     for r in bad if not r["alive"] or r["exit_status"] != 0) or "none",
+                           "/".join(str(r["log_errors"]) for r in bad)))
+            for msg, cnt in sorted(counts.items(), key=lambda kv: -kv[1])[:5]:
+                out.append("    - %dx `%s`" % (cnt, msg))
+    return "\n".join(out)
+
+
+def detail_lines(results):
+    out = ["| round | rate | config | offered | REG 200 | REG t/o | PUBLISH in window | PUBLISH total | "
+           "init/refresh | pub/s | CPU s | CPU/1k | shm idle | shm loaded | pubs held | B/pub | "
+           "ERR lines | p99 ms |",
+           "|" + "---|" * 18]
+    for r in results:
+        out.append("| %d | %d | %s | %d | %d | %d | %d | %d | %d/%d | %.0f | %.2f | %s | %d | %d | %d | %s | %d | %.1f |" % (
+            r["round"], r["rate"], r["config"], r["offered"], r["reg_ok"], r["reg_timeouts"],
+            r["pub_in_window"], r["pub_total"], r["pub_initial"], r["pub_refresh"], r["pub_rate"],
+            r["cpu_s"], fmt("%.3f", r["cpu_per_1k"]), r["shm_idle"], r["shm_loaded"], r["n_pubs"],
+            fmt("%.0f", r["shm_per_pub"]), r["log_errors"], r["reg_lat_p99_ms"]))
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+# callgrind
+
+
+class ValgrindKamailio(kamtest.Kamailio):
+    """kamtest's Kamailio, started under valgrind --tool=callgrind."""
+
+    valgrind_args = []
+
+    def spawn(self):
+        self.prepare()
+        self._log_f = open(self.log_path, "wb")
+        argv = (["valgrind", "--tool=callgrind", "--trace-children=yes",
+                 "--callgrind-out-file=%s/callgrind.out.%%p" % self.work]
+                + self.valgrind_args
+                + [kamtest.KAMAILIO, "-DD", "-E", "-f", self.cfg_path, "-w", self.work,
+                   "-m", str(self.shm_mb), "-M", str(self.pkg_mb)])
+        with open(os.path.join(self.work, self.name + ".cmd"), "w") as f:
+            f.write(" ".join(argv) + "\n")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log_f,
+                                     stderr=subprocess.STDOUT, cwd=self.work,
+                                     start_new_session=True)
+        self.pid = self.proc.pid
+        kamtest._running.add(self)
+
+    def stop(self, timeout=90.0):
+        """SIGTERM, then wait (bounded) until the whole process group is gone:
+        every process writes its callgrind file when it exits."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while (self.proc.poll() is None or kamtest.pgroup_members(self.pid)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if kamtest.pgroup_members(self.pid):
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.returncode = self.proc.returncode
+        kamtest._running.discard(self)
+        if self._log_f:
+            self._log_f.close()
+            self._log_f = None
+        return self.returncode
+
+
+ENTRY = {
+    "ours": ("pua::api::send_publish", "pua::publish::publ_cback"),
+    "c": ("send_publish", "publ_cback_func"),
+}
+TM_ENTRY = "request"     # tm's tmb.t_request (tm_load.c: tmb->t_request = request)
+
+
+def parse_callgrind(path):
+    """Per function (object, name): self Ir; per call edge (caller fn ->
+    callee fn): calls and inclusive Ir.  Returns (self, edges, totals)."""
+    names = {"fn": {}, "ob": {}, "fl": {}}
+    selfc, edges = {}, {}
+    cur_ob = cur_fn = None
+    cob = cfn = None
+    pending_call = None
+    total = 0
+    sub_re = re.compile(r"^\((\d+)\)(?: (.*))?$")
+
+    def resolve(kind, v):
+        m = sub_re.match(v)
+        if not m:
+            return v
+        if m.group(2) is not None:
+            names[kind][m.group(1)] = m.group(2)
+            return m.group(2)
+        return names[kind].get(m.group(1), "?" + m.group(1))
+
+    with open(path, errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            c0 = line[0]
+            if c0.isdigit() or c0 in "+-*":
+                parts = line.split()
+                cost = int(parts[1]) if len(parts) > 1 else 0
+                if pending_call is not None:
+                    key = (cur_fn, pending_call[0])
+                    e = edges.setdefault(key, [0, 0])
+                    e[0] += pending_call[1]
+                    e[1] += cost
+                    pending_call = None
+                else:
+                    selfc[cur_fn] = selfc.get(cur_fn, 0) + cost
+                continue
+            if line.startswith(("summary:", "totals:")):
+                v = line.split(":", 1)[1].split()
+                total = max(total, int(v[0]) if v else 0)
+                continue
+            if "=" not in line:
+                continue
+            k, v = line.split("=", 1)
+            if k == "ob":
+                cur_ob = resolve("ob", v)
+                cob = None
+            elif k == "fn":
+                cur_fn = (cur_ob, resolve("fn", v))
+                cob = None
+            elif k == "cob":
+                cob = resolve("ob", v)
+            elif k == "cfn" or k == "cfi" or k == "cfl":
+                if k == "cfn":
+                    cfn = resolve("fn", v)
+                else:
+                    resolve("fl", v)
+            elif k in ("fl", "fi", "fe"):
+                resolve("fl", v)
+            elif k == "calls":
+                n = int(v.split()[0])
+                pending_call = ((cob if cob is not None else cur_ob, cfn), n)
+                cob = None
+    return selfc, edges, total
+
+
+def callgrind_control(k, action):
+    """callgrind_control <action> on every process of the instance (through
+    vgdb); False if any call fails."""
+    ok = True
+    for pid in kamtest.pgroup_members(k.pid):
+        try:
+            r = subprocess.run(["callgrind_control", action, str(pid)], capture_output=True,
+                               text=True, timeout=60)
+            if r.returncode != 0:
+                log("  callgrind_control %s %d: exit %d %s" % (action, pid, r.returncode,
+                                                             (r.stdout + r.stderr)[-300:]))
+                ok = False
+        except subprocess.TimeoutExpired:
+            log("  callgrind_control %s %d: timed out" % (action, pid))
+            ok = False
+    return ok
+
+
+def callgrind_totals(work, dumps_only=False):
+    """Parse and add up every process's callgrind file (dumps_only: only the
+    dumps requested by callgrind_control, callgrind.out.<pid>.<n>)."""
+    pat = re.compile(r"^callgrind\.out\.\d+\.\d+$" if dumps_only else r"^callgrind\.out\.\d+$")
+    files = sorted(f for f in os.listdir(work) if pat.match(f))
+    agg_self, agg_edges, total = {}, {}, 0
+    for fn in files:
+        s, e, t = parse_callgrind(os.path.join(work, fn))
+        total += t
+        for k, v in s.items():
+            agg_self[k] = agg_self.get(k, 0) + v
+        for k, v in e.items():
+            a = agg_edges.setdefault(k, [0, 0])
+            a[0] += v[0]
+            a[1] += v[1]
+    return files, agg_self, agg_edges, total
+
+
+def inclusive(agg_self, agg_edges, name):
+    """Inclusive Ir and call count of every function called `name` (any object)."""
+    selfv = sum(v for (ob, fn), v in agg_self.items() if fn == name)
+    out = sum(v[1] for (caller, callee), v in agg_edges.items()
+              if caller[1] == name and callee[1] != name)
+    calls = sum(v[0] for (caller, callee), v in agg_edges.items()
+                if callee[1] == name and caller[1] != name)
+    return selfv + out, calls
+
+
+def callgrind_run(config, mode, a, ours_so):
+    """mode 'toggle': collect only inside pua's two entry points and not
+    inside tm's request() called from them; 'full': collect everything."""
+    work = os.path.join(WORK, "callgrind-%s-%s" % (config, mode))
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    if mode == "toggle":
+        vargs = ["--collect-atstart=no"] + ["--toggle-collect=%s" % s for s in ENTRY[config]] \
+            + ["--toggle-collect=%s" % TM_ENTRY]
+    else:
+        vargs = []
+    ValgrindKamailio.valgrind_args = vargs
+    uas = Uas(work)
+    k = make_kamailio(config, work, uas.port, ours_so, a.cg_children, a.shm, cls=ValgrindKamailio)
+    res = {"config": config, "mode": mode, "work": work, "window": "whole run"}
+    try:
+        k.start(timeout=180)
+        time.sleep(2.0)
+        if mode == "full":
+            # count from here on: zero every process's counters (start-up out)
+            if callgrind_control(k, "--zero"):
+                res["window"] = "load"
+        u0 = uas.stats()
+        phones = LineProc([LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
+                           "--users", str(a.cg_users), "--rate", str(a.cg_rate),
+                           "--count", str(a.cg_count), "--drain", "30"],
+                          stderr_path=os.path.join(work, "phones.stderr"))
+        try:
+            phones.expect("START", 10)
+            phones.expect("SENDING_DONE", a.cg_count / a.cg_rate + 30)
+            result = json.loads(phones.expect("RESULT", 60))
+        finally:
+            phones.stop()
+        # let the last replies in, nothing else happens afterwards
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            s = uas.stats()
+            if (s["now_unix_ms"] - s["last_publish_unix_ms"]) > 3000:
+                break
+            time.sleep(0.5)
+        u1 = uas.stats()
+        time.sleep(2.0)
+        if mode == "full" and res["window"] == "load":
+            # tm's wait timer frees the last transactions 5 s after their reply
+            time.sleep(5.0)
+            if not callgrind_control(k, "--dump=load"):
+                res["window"] = "whole run"
+    finally:
+        rc = k.stop()
+        uas.stop()
+    res["exit_status"] = rc
+    res["reg_ok"] = result["ok"]
+    res["reg_timeouts"] = result["timeouts"]
+    res["publishes"] = u1["publish_unique"] - u0["publish_unique"]
+    res["initial"] = u1["initial"] - u0["initial"]
+    res["refresh"] = u1["refresh"] - u0["refresh"]
+    res["retrans"] = u1["retransmissions"] - u0["retransmissions"]
+    files, aself, aedges, total = callgrind_totals(work, dumps_only=(res["window"] == "load"))
+    res["files"] = len(files)
+    res["total_ir"] = total
+    sp, publ = ENTRY[config]
+    res["send_publish_incl"], res["send_publish_calls"] = inclusive(aself, aedges, sp)
+    res["cback_incl"], res["cback_calls"] = inclusive(aself, aedges, publ)
+    res["tm_request_incl"], res["tm_request_calls"] = inclusive(aself, aedges, TM_ENTRY)
+    errs, _ = log_counts(k.log_text())
+    res["log_errors"] = len(errs)
+    res["top_errors"] = summarize_errors(errs)
+    return res
+
+
+def callgrind_main(a, ours_so):
+    if not shutil.which("valgrind"):
+        log("valgrind missing: apt-get install -y valgrind")
+        subprocess.run(["apt-get", "install", "-y", "valgrind"], check=True, timeout=600)
+    runs = []
+    for mode in a.cg_modes.split(","):
+        for config in ("ours", "c"):
+            log("callgrind %s %s: %d REGISTERs over %d users at %d/s ..."
+                % (config, mode, a.cg_count, a.cg_users, a.cg_rate))
+            r = callgrind_run(config, mode, a, ours_so)
+            log("  %s" % json.dumps({k: v for k, v in r.items() if k != "top_errors"}))
+            runs.append(r)
+    by = {(r["config"], r["mode"]): r for r in runs}
+    lines = ["", "callgrind: %d REGISTERs (%d users: %d initial + %d refresh PUBLISH), %d/s, "
+             "Ir per PUBLISH answered" % (a.cg_count, a.cg_users, a.cg_users,
+                                          a.cg_count - a.cg_users, a.cg_rate), "",
+             "| Ir per PUBLISH | ours | C | ours/C |", "|---|---|---|---|"]
+
+    def per(r, key):
+        return r[key] / r["publishes"] if r["publishes"] else None
+
+    rows = [
+        ("pua's own: send_publish + reply callback, tm's request() excluded (toggle run)",
+         "total_ir", "toggle"),
+        ("  send_publish inclusive, tm excluded (toggle run)", "send_publish_incl", "toggle"),
+        ("  reply callback inclusive (toggle run)", "cback_incl", "toggle"),
+        ("send_publish inclusive, tm included (full run)", "send_publish_incl", "full"),
+        ("reply callback inclusive (full run)", "cback_incl", "full"),
+        ("tm request() inclusive (full run)", "tm_request_incl", "full"),
+        ("whole client Kamailio, all processes, during the load (full run)", "total_ir", "full"),
+    ]
+    for label, key, mode in rows:
+        if ("ours", mode) not in by or ("c", mode) not in by:
+            continue
+        o, c = per(by[("ours", mode)], key), per(by[("c", mode)], key)
+        lines.append("| %s | %s | %s | %s |" % (label, fmt("%.0f", o), fmt("%.0f", c), ratio(o, c)))
+    # cross-check of the toggle numbers from the full run's call graph
+    xo = []
+    for config in ("ours", "c"):
+        r = by.get((config, "full"))
+        if r is None:
+            xo.append(None)
+            continue
+        est = r["send_publish_incl"] + r["cback_incl"] - r["tm_request_incl"]
+        xo.append(est / r["publishes"] if r["publishes"] else None)
+    lines.append("| cross-check: full run, send_publish + callback - tm request() | %s | %s | %s |"
+                 % (fmt("%.0f", xo[0]), fmt("%.0f", xo[1]), ratio(xo[0], xo[1])))
+    lines.append("")
+    for r in runs:
+        lines.append("- %s/%s: %d PUBLISH answered (%d initial, %d refresh, %d retransmissions), "
+                     "REGISTER 200: %d, timeouts %d, %d callgrind files, calls: send_publish %d, "
+                     "callback %d, tm request %d, ERROR lines %d, exit %s" % (
+                         r["config"], r["mode"], r["publishes"], r["initial"], r["refresh"],
+                         r["retrans"], r["reg_ok"], r["reg_timeouts"], r["files"],
+                         r["send_publish_calls"], r["cback_calls"], r["tm_request_calls"],
+                         r["log_errors"], r["exit_status"]))
+    text = "\n".join(lines)
+    return runs, text
+
+
+# --------------------------------------------------------------------------
+
+
+def build_loadgen():
+    r = subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                        os.path.join(LOADGEN_DIR, "Cargo.toml")], timeout=600)
+    if r.returncode != 0 or not os.path.exists(LOADGEN):
+        sys.exit("bench: building bench/loadgen failed")
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_desc():
+    try:
+        head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "src", "crates",
+                                "include", "build.rs", "Cargo.toml"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + (" (src/crates/include with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def update_readme(section, text):
+    start, end = "<!-- %s:start -->" % section, "<!-- %s:end -->" % section
+    with open(README) as f:
+        doc = f.read()
+    if start not in doc or end not in doc:
+        log("README has no %s markers; not updated" % section)
+        return
+    pre, rest = doc.split(start, 1)
+    _, post = rest.split(end, 1)
+    with open(README, "w") as f:
+        f.write(pre + start + "\n" + text.strip("\n") + "\n" + end + post)
+    log("bench/README.md updated (%s)" % section)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pua", default=os.environ.get("PUA_SO", os.path.join(REPO, "pua.so")))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rates", default="1000,3000")
+    ap.add_argument("--duration", type=float, default=12.0, help="seconds of load per run")
+    ap.add_argument("--drain", type=float, default=3.0)
+    ap.add_argument("--users", type=int, default=10000)
+    ap.add_argument("--children", type=int, default=4, help="Kamailio UDP workers")
+    ap.add_argument("--shm", type=int, default=96, help="Kamailio -m (MB)")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--quick", action="store_true", help="1 round, 5 s, rate 1000")
+    ap.add_argument("--callgrind", action="store_true")
+    ap.add_argument("--cg-count", type=int, default=2000)
+    ap.add_argument("--cg-users", type=int, default=1000)
+    ap.add_argument("--cg-rate", type=int, default=50)
+    ap.add_argument("--cg-children", type=int, default=2, help="UDP workers under valgrind")
+    ap.add_argument("--cg-modes", default="toggle,full", help=argparse.SUPPRESS)
+    ap.add_argument("--quiet-wait", type=float, default=90.0,
+                    help="s to wait before a run while other kamailio/compiler processes run")
+    ap.add_argument("--update-readme", action="store_true")
+    a = ap.parse_args()
+    if a.quick:
+        a.rounds, a.rates, a.duration = 1, "1000", 5.0
+    rates = [int(x) for x in a.rates.split(",") if x]
+    configs = [c for c in a.configs.split(",") if c]
+    kamtest.install_signal_handlers()
+
+    if not os.path.isfile(a.pua):
+        sys.exit("bench: %s not found (cargo build --release && cp target/release/libpua.so pua.so)"
+                 % a.pua)
+    os.makedirs(WORK, exist_ok=True)
+    ours_so = os.path.join(WORK, "pua-ours.so")
+    if os.path.abspath(a.pua) != ours_so:
+        shutil.copy2(a.pua, ours_so)     # a rebuild during the run must not change it
+    build_loadgen()
+    cmd = "python3 bench/run.py " + " ".join(sys.argv[1:])
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    head = ("%s, `%s`\nours: %s sha256 %s, repo %s; C: %s\n2 cores, kamailio 5.6.3, -m %d, children=%d"
+            % (stamp, cmd.strip(), a.pua, sha256(ours_so)[:12], git_desc(), kamtest.C_PUA,
+               a.shm, a.cg_children if a.callgrind else a.children))
+    log(head)
+
+    if a.callgrind:
+        runs, text = callgrind_main(a, ours_so)
+        text = head + "\n" + text
+        with open(os.path.join(WORK, "callgrind.json"), "w") as f:
+            json.dump(runs, f, indent=1)
+        with open(os.path.join(WORK, "callgrind.md"), "w") as f:
+            f.write(text + "\n")
+        log(text)
+        if a.update_readme:
+            update_readme("callgrind", text)
+        return
+
+    results = []
+    t0 = time.monotonic()
+    for rnd in range(1, a.rounds + 1):
+        for rate in rates:
+            # rotate the order per round so drift does not favour one config
+            order = configs[(rnd - 1) % len(configs):] + configs[:(rnd - 1) % len(configs)]
+            for config in order:
+                r = run_one(config, rate, rnd, a, ours_so)
+                results.append(r)
+                log("round %d rate %d %-5s: %5.0f PUBLISH/s, CPU %.3f s/1k, shm %s B/pub, "
+                    "errors %.2f/1k (REG t/o %d, non200 %d, lost PUBLISH %d; ERR lines %d), "
+                    "init/refresh %d/%d, p99 %.1f ms, settle %.1f s%s" % (
+                        rnd, rate, config, r["pub_rate"], r["cpu_per_1k"] or 0,
+                        fmt("%.0f", r["shm_per_pub"]), r["errors_per_1k"], r["reg_timeouts"],
+                        r["reg_non200"], r["lost_pub"], r["log_errors"], r["pub_initial"],
+                        r["pub_refresh"], r["reg_lat_p99_ms"],
+                        r["settle_s"], "" if r["alive"] else "  KAMAILIO DIED"))
+                with open(os.path.join(WORK, "results.json"), "w") as f:
+                    json.dump(results, f, indent=1)
+    text = head + ("\nload: %d users, %g s per run, %d rounds, %.0f s wall\n"
+                   % (a.users, a.duration, a.rounds, time.monotonic() - t0)) + table(results, rates)
+    nt = notes(results, rates)
+    if nt:
+        text += "\n\nErrors (ERROR lines counted over the whole run; numbers in messages shown as N):\n\n" + nt
+    fl = [r for r in results if r["foreign_procs"]]
+    if fl:
+        text += ("\n\nNote: %d of %d runs had other kamailio/compiler processes on the machine."
+                 % (len(fl), len(results)))
+    with open(os.path.join(WORK, "results.md"), "w") as f:
+        f.write(text + "\n\n" + detail_lines(results) + "\n")
+    log(text)
+    if a.update_readme:
+        update_readme("results", text)
+
+
+if __name__ == "__main__":
+    main()
