@@ -426,13 +426,22 @@ impl Engine {
                         );
                         e.flags |= EXT_TIMEOUT_LOGGED;
                     }
-                    let re = ext_of(req);
-                    re.retries = re.retries.saturating_add(1);
-                    // Retry at the next cleanup pass (every update_period - 5 s).
-                    let at = now.saturating_add(self.cfg.update_period.saturating_sub(5).max(1));
-                    self.schedule(e, req, at);
-                    keep_req = true;
-                    demote = true;
+                    if e.pending.is_null() {
+                        let re = ext_of(req);
+                        re.retries = re.retries.saturating_add(1);
+                        // Retry at the next cleanup pass (every update_period - 5 s).
+                        let at =
+                            now.saturating_add(self.cfg.update_period.saturating_sub(5).max(1));
+                        self.schedule(e, req, at);
+                        keep_req = true;
+                        demote = true;
+                    } else {
+                        // Newer state is waiting: it supersedes the lost
+                        // request and goes out now instead of waiting for
+                        // the retry.
+                        e.state = 0;
+                        pending = take_pending(e);
+                    }
                 }
                 (Outcome::Republish, Some(r)) if b.get(r).body.is_null() => {
                     lm_err!(
@@ -1207,6 +1216,26 @@ mod tests {
             "the retry is ours: no second callback"
         );
         assert_eq!(stored(&e)[0].etag, b"e2");
+    }
+
+    #[test]
+    fn after_a_local_timeout_newer_state_goes_out_at_once() {
+        let (e, h) = engine();
+        e.send_publish(&h, intent(Some("<a/>"), -1, 0));
+        let (req, _, _) = pop_sent(&h);
+        e.on_reply(&h, req, Some(&ok("e1", 3600)), MSG);
+        e.send_publish(&h, intent(Some("<b/>"), -1, 0));
+        let (req, _, _) = pop_sent(&h);
+        e.send_publish(&h, intent(Some("<c/>"), -1, 0)); // queued
+        e.on_reply(&h, req, None, FAKED);
+        let (_, hdr, body) = pop_sent(&h);
+        assert!(hdr.contains("SIP-If-Match: e1"));
+        assert_eq!(
+            body.as_deref(),
+            Some(&b"<c/>;v2"[..]),
+            "not parked until the next pass"
+        );
+        assert_eq!(e.shared.scheduled.load(Ordering::SeqCst), 0);
     }
 
     #[test]
