@@ -11,11 +11,14 @@ use std::os::raw::c_void;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
+/// Written under `lock` (prepend a fully written node; nothing is removed
+/// before destroy), read without it: running the callbacks of a reply takes
+/// no lock shared by all workers.
 #[repr(C)]
 struct ListHead {
     lock: FutexLock,
     next_id: i32,
-    first: *mut pua_callback,
+    first: AtomicPtr<pua_callback>,
 }
 
 static HEAD: AtomicPtr<ListHead> = AtomicPtr::new(ptr::null_mut());
@@ -58,9 +61,9 @@ pub fn register(types: i32, f: pua_cb, param: *mut c_void) -> Result<(), Registe
         (*cb).types = types;
         (*cb).callback = f;
         (*cb).param = param;
-        (*cb).next = (*h).first;
-        (*h).first = cb;
+        (*cb).next = head.first.load(Ordering::Relaxed);
     }
+    head.first.store(cb, Ordering::Release);
     Ok(())
 }
 
@@ -71,12 +74,10 @@ pub fn register(types: i32, f: pua_cb, param: *mut c_void) -> Result<(), Registe
 /// `hentity` must be a valid record; `msg` a reply (or tm's FAKED_REPLY).
 pub unsafe fn run(hentity: *mut ua_pres_t, msg: *mut sip_msg) -> usize {
     let Some(head) = head() else { return 0 };
-    // Collect under the lock, call without it: a callback may register or
-    // call back into pua.
+    // Collect first, then call: a callback may register or call back into pua.
     let mut todo = Vec::new();
     {
-        let _g = head.lock.lock();
-        let mut p = head.first;
+        let mut p = head.first.load(Ordering::Acquire);
         while !p.is_null() {
             if (*p).types & (*hentity).flag != 0 {
                 todo.push((*p).callback);
@@ -95,9 +96,8 @@ pub unsafe fn run(hentity: *mut ua_pres_t, msg: *mut sip_msg) -> usize {
 /// Number of registered callbacks (diagnostics).
 pub fn count() -> usize {
     let Some(head) = head() else { return 0 };
-    let _g = head.lock.lock();
     let mut n = 0;
-    let mut p = head.first;
+    let mut p = head.first.load(Ordering::Acquire);
     while !p.is_null() {
         n += 1;
         // SAFETY: list nodes are valid.
@@ -114,12 +114,7 @@ pub fn destroy() {
     }
     // SAFETY: nobody else uses the list at destroy time.
     unsafe {
-        let mut p = (*h).first;
-        while !p.is_null() {
-            let next = (*p).next;
-            shm::free(p);
-            p = next;
-        }
+        shm::free_list((*h).first.load(Ordering::Acquire), |p| (*p).next);
         shm::free(h);
     }
 }

@@ -82,10 +82,13 @@ pub fn builtin_events(
     ]
 }
 
+/// The list: written under `lock` (adds only prepend a fully written node,
+/// nothing is removed before destroy), read without it, so the lookup on
+/// every PUBLISH takes no lock shared by all workers.
 #[repr(C)]
 struct ListHead {
     lock: FutexLock,
-    first: *mut pua_event_t,
+    first: AtomicPtr<pua_event_t>,
 }
 
 static HEAD: AtomicPtr<ListHead> = AtomicPtr::new(ptr::null_mut());
@@ -135,10 +138,9 @@ pub fn add(
             (*ev).content_type = shm::write_bytes_at(base, off, ct);
         }
         (*ev).process_body = process_body;
-        (*ev).next = head.first;
-        let h = head as *const ListHead as *mut ListHead;
-        (*h).first = ev;
+        (*ev).next = head.first.load(Ordering::Relaxed);
     }
+    head.first.store(ev, Ordering::Release);
     Ok(true)
 }
 
@@ -171,7 +173,7 @@ impl Event {
 }
 
 fn find_locked(head: &ListHead, pred: impl Fn(&Event) -> bool) -> Option<Event> {
-    let mut p = head.first;
+    let mut p = head.first.load(Ordering::Acquire);
     while !p.is_null() {
         let e = Event(p);
         if pred(&e) {
@@ -184,9 +186,7 @@ fn find_locked(head: &ListHead, pred: impl Fn(&Event) -> bool) -> Option<Event> 
 }
 
 fn find(pred: impl Fn(&Event) -> bool) -> Option<Event> {
-    let head = head()?;
-    let _g = head.lock.lock();
-    find_locked(head, pred)
+    find_locked(head()?, pred)
 }
 
 /// The event with this name (`contains_pua_event`).
@@ -203,8 +203,7 @@ pub fn by_flag(flag: i32) -> Option<Event> {
 pub fn all() -> Vec<Event> {
     let mut v = Vec::new();
     if let Some(head) = head() {
-        let _g = head.lock.lock();
-        let mut p = head.first;
+        let mut p = head.first.load(Ordering::Acquire);
         while !p.is_null() {
             v.push(Event(p));
             // SAFETY: list nodes are valid shm events.
@@ -222,12 +221,7 @@ pub fn destroy() {
     }
     // SAFETY: no other process uses the list any more at destroy time.
     unsafe {
-        let mut p = (*h).first;
-        while !p.is_null() {
-            let next = (*p).next;
-            shm::free(p);
-            p = next;
-        }
+        shm::free_list((*h).first.load(Ordering::Acquire), |p| (*p).next);
         shm::free(h);
     }
 }

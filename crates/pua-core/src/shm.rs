@@ -182,3 +182,15 @@ pub fn shared_singleton<T>(
     // SAFETY: published structs live in shm until their owner's destroy.
     Some(unsafe { &*h })
 }
+
+/// Frees a singly linked list of shm nodes.
+///
+/// # Safety
+/// Every node must come from this allocator and be reachable by no one else.
+pub unsafe fn free_list<T>(mut p: *mut T, next: impl Fn(*mut T) -> *mut T) {
+    while !p.is_null() {
+        let n = next(p);
+        free(p);
+        p = n;
+    }
+}
