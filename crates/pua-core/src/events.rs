@@ -120,7 +120,7 @@ pub fn add(
     }
     let head = head().ok_or(EventError::OutOfMemory)?;
     let _g = head.lock.lock();
-    if find_locked(head, |e| e.name_bytes() == name).is_some() {
+    if find_in(head, |e| e.name_bytes() == name).is_some() {
         crate::lm_dbg!("event {} already exists", String::from_utf8_lossy(name));
         return Ok(false);
     }
@@ -172,7 +172,7 @@ impl Event {
     }
 }
 
-fn find_locked(head: &ListHead, pred: impl Fn(&Event) -> bool) -> Option<Event> {
+fn find_in(head: &ListHead, pred: impl Fn(&Event) -> bool) -> Option<Event> {
     let mut p = head.first.load(Ordering::Acquire);
     while !p.is_null() {
         let e = Event(p);
@@ -186,7 +186,7 @@ fn find_locked(head: &ListHead, pred: impl Fn(&Event) -> bool) -> Option<Event> 
 }
 
 fn find(pred: impl Fn(&Event) -> bool) -> Option<Event> {
-    find_locked(head()?, pred)
+    find_in(head()?, pred)
 }
 
 /// The event with this name (`contains_pua_event`).
