@@ -100,12 +100,17 @@ pub(crate) unsafe extern "C" fn is_dialog(d: *mut ua_pres_t) -> c_int {
         let Some(q) = (unsafe { query(d) }) else {
             return -1;
         };
-        match state().and_then(|s| s.table) {
-            Some(t) => dialog::is_dialog(&t, &q),
-            None => {
-                lm_err!("is_dialog: db_mode 2 lookups are not implemented in this build");
-                -1
-            }
+        let Some(t) = state().and_then(|s| s.table) else {
+            lm_err!("is_dialog: the module is not initialised");
+            return -1;
+        };
+        match dialog::is_dialog(&t, &q) {
+            -1 => match db_dialog(&q) {
+                Some(row) if confirmed_row(&row, &q) => 0,
+                Some(_) => 1,
+                None => -1,
+            },
+            found => found,
         }
     })
 }
@@ -124,10 +129,11 @@ pub(crate) unsafe extern "C" fn get_record_id(d: *mut ua_pres_t, rec_id: *mut *m
             return -1;
         };
         let Some(t) = state().and_then(|s| s.table) else {
-            lm_err!("get_record_id: db_mode 2 lookups are not implemented in this build");
+            lm_err!("get_record_id: the module is not initialised");
             return -1;
         };
-        match dialog::record_id(&t, &q) {
+        let id = dialog::record_id(&t, &q).or_else(|| db_dialog(&q).map(|row| row.id));
+        match id {
             None => 0,
             Some(id) => match mem::pkg_str(&id) {
                 Some(s) => {
@@ -151,10 +157,15 @@ pub(crate) unsafe extern "C" fn get_subs_list(did: *mut str_) -> *mut list_entry
         // SAFETY: a valid str from the caller.
         let did = unsafe { pua_core::shm::str_bytes(&*did) }.to_vec();
         let Some(t) = state().and_then(|s| s.table) else {
-            lm_err!("get_subs_list: db_mode 2 lookups are not implemented in this build");
+            lm_err!("get_subs_list: the module is not initialised");
             return ptr::null_mut();
         };
-        let uris = dialog::subs_list(&t, &did);
+        let mut uris = dialog::subs_list(&t, &did);
+        if let Some(e) = db_engine() {
+            uris.extend(e.subs_list_rows(&crate::publish::KamHost, &did));
+            uris.sort();
+            uris.dedup();
+        }
         // Build the list back to front so it ends up sorted.
         let mut head: *mut list_entry_t = ptr::null_mut();
         for uri in uris.iter().rev() {
@@ -305,3 +316,30 @@ pub(crate) unsafe extern "C" fn bind_libxml_api(api: *mut libxml_api_t) -> c_int
 #[allow(dead_code)]
 const _: [unsafe extern "C" fn(*mut publ_info, *mut *mut str_, c_int, *mut *mut str_) -> c_int; 1] =
     [crate::bodies::presence];
+
+/// The engine when it runs in db_mode 2.
+fn db_engine() -> Option<&'static pua_core::engine::Engine> {
+    state()
+        .and_then(|s| s.engine.as_ref())
+        .filter(|e| e.cfg.db_only)
+}
+
+/// db_mode 2: the row of the dialog `q` names (Call-ID and From tag; the
+/// one with `q`'s To tag first), when the table does not hold it.
+fn db_dialog(q: &RecordData) -> Option<RecordData> {
+    let e = db_engine()?;
+    let mut rows = e.dialog_rows(&crate::publish::KamHost, q);
+    if let Some(i) = rows.iter().position(|r| confirmed_row(r, q)) {
+        return Some(rows.swap_remove(i));
+    }
+    rows.into_iter().next()
+}
+
+/// A row is the confirmed dialog of `q` (as `dialog::confirmed`).
+fn confirmed_row(r: &RecordData, q: &RecordData) -> bool {
+    !q.to_tag.is_empty()
+        && r.flag & q.flag != 0
+        && r.to_tag == q.to_tag
+        && r.call_id == q.call_id
+        && r.from_tag == q.from_tag
+}

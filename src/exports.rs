@@ -336,7 +336,14 @@ unsafe extern "C" fn rpc_stats(rpc: *mut rpc_t, ctx: *mut c_void) {
         r.int_struct(&[
             ("records", records),
             ("buckets", buckets),
-            ("db_mode", if st.table.is_some() { 0 } else { 2 }),
+            (
+                "db_mode",
+                if st.cfg.db_mode == pua_core::params::DbMode::DbOnly {
+                    2
+                } else {
+                    0
+                },
+            ),
             ("events", pua_core::events::all().len() as i64),
             ("callbacks", pua_core::callbacks::count() as i64),
             ("shm_real_used", crate::kam::mem::shm_real_used() as i64),

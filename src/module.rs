@@ -14,9 +14,10 @@ use std::sync::OnceLock;
 pub struct State {
     pub cfg: Config,
     pub db: DbApi,
-    /// The record table (db_mode 0); `None` in db_mode 2.
+    /// The record table: every record in db_mode 0; in db_mode 2 only the
+    /// records this node has work in flight for (see pua_core::dbonly).
     pub table: Option<Table>,
-    /// The PUBLISH engine over the table (db_mode 0).
+    /// The PUBLISH/SUBSCRIBE engine over the table.
     pub engine: Option<Engine>,
     pub tm: TmApi,
 }
@@ -62,15 +63,13 @@ pub fn init() -> Result<(), String> {
         return Err("cannot load the tm API: loadmodule \"tm.so\" before pua".into());
     }
 
-    let table = match cfg.db_mode {
-        DbMode::Memory => Some(Table::new(cfg.buckets).ok_or_else(|| {
-            format!(
-                "modparam(\"pua\", \"hash_size\"): no shared memory for {} buckets (raise -m or lower hash_size)",
-                cfg.buckets
-            )
-        })?),
-        DbMode::DbOnly => None,
-    };
+    let table = Some(Table::new(cfg.buckets).ok_or_else(|| {
+        format!(
+            "modparam(\"pua\", \"hash_size\"): no shared memory for {} buckets (raise -m or lower hash_size)",
+            cfg.buckets
+        )
+    })?);
+    let db_only = cfg.db_mode == DbMode::DbOnly;
 
     let db = DbApi::bind(&cfg.db_url)
         .map_err(|e| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message))?;
@@ -78,7 +77,7 @@ pub fn init() -> Result<(), String> {
         let name = |e: db::DbError| format!("modparam(\"pua\", \"{}\"): {}", e.param, e.message);
         let mut conn = db.connect(&cfg.db_url, false).map_err(name)?;
         conn.check_version(&cfg.db_table).map_err(name)?;
-        if let Some(t) = table {
+        if let (Some(t), false) = (table, db_only) {
             // db_mode 0: load what the last run left (rows stay in the table).
             conn.use_table(&cfg.db_table).map_err(name)?;
             conn.set_fetch_rows(cfg.fetch_rows);
@@ -110,7 +109,8 @@ pub fn init() -> Result<(), String> {
                     outbound_proxy: (!cfg.outbound_proxy.is_empty())
                         .then(|| cfg.outbound_proxy.clone()),
                     check_remote_contact: cfg.check_remote_contact,
-                    persist: cfg.update_period > 0,
+                    persist: cfg.update_period > 0 || db_only,
+                    db_only,
                 },
                 // SAFETY: zeroed shm is a valid `Shared` (atomics at 0); it
                 // lives until module destroy, in every process.
@@ -124,19 +124,13 @@ pub fn init() -> Result<(), String> {
         crate::exports::register_timers(cfg.update_period, cfg.db_mode == DbMode::Memory)?;
     }
 
-    match table {
-        Some(t) => lm_info!(
-            "pua (Rust) ready: db_mode 0, {} buckets, update_period {}s, {} events",
-            t.buckets(),
-            cfg.update_period,
-            events::all().len()
-        ),
-        None => lm_info!(
-            "pua (Rust) ready: db_mode 2, update_period {}s, {} events",
-            cfg.update_period,
-            events::all().len()
-        ),
-    }
+    lm_info!(
+        "pua (Rust) ready: db_mode {}, {} buckets, update_period {}s, {} events",
+        if db_only { 2 } else { 0 },
+        cfg.buckets,
+        cfg.update_period,
+        events::all().len()
+    );
     STATE
         .set(State {
             cfg,
@@ -177,7 +171,7 @@ pub fn child_init(rank: i32) -> Result<(), String> {
 pub fn destroy() {
     db::close_process_conn();
     if let Some(st) = state() {
-        if let Some(e) = st.engine.as_ref() {
+        if let Some(e) = st.engine.as_ref().filter(|e| !e.cfg.db_only) {
             // Module destroy flushes the table (the C module could not: its
             // main process has no database connection).
             let conn = st.db.connect(&st.cfg.db_url, false).and_then(|mut c| {
@@ -225,7 +219,9 @@ pub fn cleanup() -> PassStats {
 /// process with its own connection.
 pub fn db_sync() {
     let Some(st) = state() else { return };
-    let Some(e) = st.engine.as_ref() else { return };
+    let Some(e) = st.engine.as_ref().filter(|e| !e.cfg.db_only) else {
+        return;
+    };
     let now = crate::publish::now();
     let stats =
         db::with_process_conn(|c| pua_core::persist::sync(&e.table, &e.shared.tombs, c, now));

@@ -94,6 +94,10 @@ impl Host for KamHost {
         Msg(FAKED_REPLY)
     }
 
+    fn with_store(&self, f: &mut dyn FnMut(&mut dyn pua_core::persist::Store)) {
+        crate::kam::db::with_process_conn(|c| f(c));
+    }
+
     fn process_body(
         &self,
         ev: Event,
@@ -281,9 +285,7 @@ pub unsafe fn send_publish(publ: &publ_info_t) -> c_int {
         return -1;
     };
     let Some(engine) = st.engine.as_ref() else {
-        lm_err!(
-            "send_publish: db_mode 2 (database only) is not implemented in this build of pua.so"
-        );
+        lm_err!("send_publish: the module has no engine");
         return -1;
     };
     if publ.pres_uri.is_null() {

@@ -24,9 +24,7 @@ pub unsafe fn send_subscribe(subs: &subs_info_t) -> c_int {
         return -1;
     };
     let Some(engine) = st.engine.as_ref() else {
-        lm_err!(
-            "send_subscribe: db_mode 2 (database only) is not implemented in this build of pua.so"
-        );
+        lm_err!("send_subscribe: the module has no engine");
         return -1;
     };
     if subs.pres_uri.is_null() || subs.watcher_uri.is_null() || subs.contact.is_null() {
@@ -120,10 +118,17 @@ pub(crate) unsafe fn update_contact(msg: *mut sip_msg) -> c_int {
         return -1;
     };
     let Some(engine) = state().and_then(|s| s.engine.as_ref()) else {
-        lm_err!("pua_update_contact: db_mode 2 (database only) is not implemented in this build of pua.so");
+        lm_err!("pua_update_contact: the module is not initialised");
         return -1;
     };
     // The NOTIFY comes from the presentity to the watcher: their bucket first.
     let hint = Some((d.from_uri.as_slice(), d.to_uri.as_slice()));
-    engine.update_contact(hint, &d.call_id, &d.from_tag, &d.to_tag, &d.contact)
+    engine.update_contact(
+        &KamHost,
+        hint,
+        &d.call_id,
+        &d.from_tag,
+        &d.to_tag,
+        &d.contact,
+    )
 }

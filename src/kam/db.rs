@@ -227,12 +227,10 @@ fn vals(v: &[Val<'_>]) -> Vec<db_val_t> {
 
 fn ops(o: &[&'static str]) -> Vec<db_op_t> {
     o.iter()
-        .map(|o| {
-            if *o == "<" {
-                c"<".as_ptr()
-            } else {
-                c"=".as_ptr()
-            }
+        .map(|o| match *o {
+            "<" => c"<".as_ptr(),
+            ">" => c">".as_ptr(),
+            _ => c"=".as_ptr(),
         })
         .collect()
 }
@@ -370,14 +368,27 @@ impl Store for Conn {
         Ok(())
     }
 
-    fn load(
+    fn select(
         &mut self,
+        kcols: &[&'static str],
+        o: &[&'static str],
+        kv: &[Val<'_>],
         cols: &[&'static str],
         f: &mut dyn FnMut(&[OwnedVal]),
     ) -> Result<(), DbFail> {
         self.table_ok()?;
         let mut k = keys(cols);
         let kp = key_ptrs(&mut k);
+        let mut qk = keys(kcols);
+        let qkp = key_ptrs(&mut qk);
+        let qo = ops(o);
+        let qv = vals(kv);
+        let n_keys = kcols.len().min(o.len()).min(kv.len()) as i32;
+        let (qkp_p, qo_p, qv_p) = if n_keys == 0 {
+            (std::ptr::null(), std::ptr::null(), std::ptr::null())
+        } else {
+            (qkp.as_ptr(), qo.as_ptr(), qv.as_ptr())
+        };
         let mut res: *mut pua_sys::db1_res_t = std::ptr::null_mut();
         let frows = self.fetch_rows as i32;
         // SAFETY: valid handle and function table; arrays alive across calls;
@@ -387,11 +398,11 @@ impl Store for Conn {
                 &mut self.api.f,
                 frows,
                 self.h,
-                std::ptr::null(),
-                std::ptr::null(),
-                std::ptr::null(),
+                qkp_p,
+                qo_p,
+                qv_p,
                 kp.as_ptr(),
-                0,
+                n_keys,
                 cols.len() as i32,
                 std::ptr::null_mut(),
                 &mut res,

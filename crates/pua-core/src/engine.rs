@@ -75,6 +75,11 @@ pub trait Host {
         ver: i32,
         tuple: Option<&[u8]>,
     ) -> Result<(Vec<u8>, Option<Vec<u8>>), String>;
+    /// db_mode 2: runs `f` with this process's database connection (once),
+    /// or not at all when there is none.
+    fn with_store(&self, f: &mut dyn FnMut(&mut dyn crate::persist::Store)) {
+        let _ = f;
+    }
 }
 
 /// Configuration the engine uses.
@@ -87,8 +92,12 @@ pub struct EngineCfg {
     pub outbound_proxy: Option<Vec<u8>>,
     /// The `check_remote_contact` parameter (subscription lookups).
     pub check_remote_contact: bool,
-    /// Records are synced to the database (db_mode 0 with a sync timer).
+    /// Records are synced to the database (db_mode 0 with a sync timer,
+    /// and db_mode 2).
     pub persist: bool,
+    /// db_mode 2: the table holds only records this node works on; the
+    /// database holds the rest (see [`crate::dbonly`]).
+    pub db_only: bool,
 }
 
 /// Counters in shared memory, seen by every process.
@@ -169,11 +178,17 @@ impl Engine {
             lm_err!("send_publish: empty presentity URI");
             return -1;
         }
-        match self.decide(host, ev, intent) {
+        if self.preload_publication(host, &intent).is_err() {
+            return -1;
+        }
+        let bucket = self.table.bucket_of(&intent.pres_uri, None);
+        let code = match self.decide(host, ev, intent) {
             Ok(Some(req)) => self.send_req(host, req),
             Ok(None) => 0,
             Err(code) => code,
-        }
+        };
+        self.settle(host, Some(&[bucket]));
+        code
     }
 
     /// Decides under the bucket lock; returns the request to send, if any.
@@ -560,6 +575,7 @@ impl Engine {
             self.send_req(host, n);
         }
         self.resubmit(host, pending);
+        self.settle(host, Some(&[self.bucket_of_data(&rd)]));
     }
 
     /// Parks `req` on the record for a retry at `at`.
@@ -626,6 +642,9 @@ impl Engine {
             return st;
         }
         let period = self.cfg.update_period;
+        if refresh && self.cfg.db_only {
+            self.claim_due(host, now);
+        }
         for i in 0..self.table.buckets() {
             let mut to_send = Vec::new();
             {
@@ -746,6 +765,7 @@ impl Engine {
                 }
             }
         }
+        self.settle(host, None);
         st
     }
 }
@@ -837,6 +857,8 @@ mod tests {
         callbacks: RefCell<Vec<(RecordData, Msg)>>,
         dialogs: RefCell<Vec<SentOnDialog>>,
         fail_send: Cell<bool>,
+        /// db_mode 2: the database (shared by the nodes of a test).
+        store: Option<std::rc::Rc<RefCell<crate::testing::MemStore>>>,
     }
 
     impl Host for FakeHost {
@@ -885,6 +907,11 @@ mod tests {
         fn faked_reply(&self) -> Msg {
             FAKED
         }
+        fn with_store(&self, f: &mut dyn FnMut(&mut dyn crate::persist::Store)) {
+            if let Some(s) = &self.store {
+                f(&mut *s.borrow_mut());
+            }
+        }
         fn process_body(
             &self,
             _: Event,
@@ -925,6 +952,7 @@ mod tests {
                 outbound_proxy: None,
                 check_remote_contact: false,
                 persist: false,
+                db_only: false,
             },
             shared: Box::leak(Box::new(Shared {
                 scheduled: AtomicU32::new(0),
@@ -1481,6 +1509,7 @@ mod tests {
         // The NOTIFY's To tag is our From tag; its From tag our To tag.
         assert_eq!(
             e.update_contact(
+                &h,
                 Some((b"sip:carol@example.com", b"sip:rls@example.com")),
                 &rec.call_id,
                 b"srv-tag",
@@ -1497,19 +1526,27 @@ mod tests {
             "the next SUBSCRIBE goes to the new Contact"
         );
         assert_eq!(
-            e.update_contact(None, &rec.call_id, b"srv-tag", &rec.from_tag, b"garbage"),
+            e.update_contact(
+                &h,
+                None,
+                &rec.call_id,
+                b"srv-tag",
+                &rec.from_tag,
+                b"garbage"
+            ),
             -1
         );
         assert_eq!(
-            e.update_contact(None, b"unknown", b"srv-tag", &rec.from_tag, b"sip:x@y"),
+            e.update_contact(&h, None, b"unknown", b"srv-tag", &rec.from_tag, b"sip:x@y"),
             -1
         );
         assert_eq!(
-            e.update_contact(None, &rec.call_id, b"srv-tag", b"", b"sip:x@y"),
+            e.update_contact(&h, None, &rec.call_id, b"srv-tag", b"", b"sip:x@y"),
             -1
         );
         assert_eq!(
             e.update_contact(
+                &h,
                 None,
                 &rec.call_id,
                 b"srv-tag",
@@ -1572,5 +1609,222 @@ mod tests {
             h.callbacks.borrow().is_empty(),
             "our own refresh: no consumer callback"
         );
+    }
+
+    // ---- db_mode 2 ----
+
+    use crate::persist::OwnedVal;
+    use crate::testing::MemStore;
+    use std::rc::Rc;
+
+    /// A db_mode 2 node over `db` (nodes of one test share it).
+    fn db_node(db: &Rc<RefCell<MemStore>>) -> (Engine, FakeHost) {
+        let (mut e, mut h) = engine();
+        e.cfg.db_only = true;
+        e.cfg.persist = true;
+        e.shared = Box::leak(Box::new(Shared {
+            scheduled: AtomicU32::new(0),
+            tombs: crate::persist::Tombstones::default(),
+        }));
+        h.store = Some(db.clone());
+        (e, h)
+    }
+
+    fn cell(db: &Rc<RefCell<MemStore>>, i: usize, col: &str) -> OwnedVal {
+        db.borrow().rows[i]
+            .get(col)
+            .cloned()
+            .unwrap_or(OwnedVal::Null)
+    }
+
+    #[test]
+    fn db_only_publication_lives_in_the_database() {
+        let db = Rc::new(RefCell::new(MemStore::default()));
+        let (e, h) = db_node(&db);
+        let mut i = intent(Some("<a/>"), 600, 0);
+        i.id = b".".to_vec();
+        assert_eq!(e.send_publish(&h, i.clone()), 0);
+        let (req, hdr, _) = pop_sent(&h);
+        assert!(!hdr.contains("SIP-If-Match"));
+        assert!(db.borrow().rows.is_empty(), "nothing stored before the 2xx");
+        e.on_reply(&h, req, Some(&ok("e1", 600)), MSG);
+        assert!(stored(&e).is_empty(), "nothing left in memory");
+        assert_eq!(db.borrow().rows.len(), 1);
+        assert_eq!(cell(&db, 0, "etag"), OwnedVal::Str(b"e1".to_vec()));
+        assert_eq!(cell(&db, 0, "expires"), OwnedVal::Int(10_600));
+        // Two modifications: each found in the database by URI, event and id.
+        for (n, etag) in [(1, "e2"), (2, "e3")] {
+            let mut m = i.clone();
+            m.body = Some(format!("<m{n}/>").into_bytes());
+            assert_eq!(e.send_publish(&h, m), 0);
+            let (req, hdr, body) = pop_sent(&h);
+            let prev = if n == 1 { "e1" } else { "e2" };
+            assert!(hdr.contains(&format!("SIP-If-Match: {prev}\r\n")), "{hdr}");
+            assert_eq!(body.unwrap(), format!("<m{n}/>;v{n}").into_bytes());
+            e.on_reply(&h, req, Some(&ok(etag, 600)), MSG);
+            assert_eq!(db.borrow().rows.len(), 1, "one row, not one per change");
+            assert_eq!(
+                cell(&db, 0, "etag"),
+                OwnedVal::Str(etag.as_bytes().to_vec())
+            );
+            assert_eq!(cell(&db, 0, "version"), OwnedVal::Int(n));
+        }
+        // Removal: Expires 0 with the stored etag; the row goes.
+        let mut r = i.clone();
+        r.body = None;
+        r.ext.asked = 0;
+        assert_eq!(e.send_publish(&h, r), 0);
+        let (req, hdr, _) = pop_sent(&h);
+        assert!(
+            hdr.contains("Expires: 0\r\n") && hdr.contains("SIP-If-Match: e3"),
+            "{hdr}"
+        );
+        e.on_reply(
+            &h,
+            req,
+            Some(&ReplyInfo {
+                code: 200,
+                expires: Some(b"0".to_vec()),
+                etag: Some(b"e3".to_vec()),
+                ..Default::default()
+            }),
+            MSG,
+        );
+        assert!(db.borrow().rows.is_empty(), "{:?}", db.borrow().rows);
+        assert!(stored(&e).is_empty());
+    }
+
+    #[test]
+    fn db_only_unreadable_database_is_an_error_not_a_new_publication() {
+        let db = Rc::new(RefCell::new(MemStore::default()));
+        let (e, h) = db_node(&db);
+        e.send_publish(&h, intent(Some("<a/>"), 600, 0));
+        let (req, _, _) = pop_sent(&h);
+        db.borrow_mut().down = true;
+        e.on_reply(&h, req, Some(&ok("e1", 600)), MSG);
+        assert_eq!(stored(&e).len(), 1, "kept in memory while the write fails");
+        assert_eq!(e.send_publish(&h, intent(Some("<b/>"), 600, 0)), 0);
+        let (req, hdr, _) = pop_sent(&h);
+        assert!(hdr.contains("SIP-If-Match: e1"), "found in memory: {hdr}");
+        e.on_reply(&h, req, Some(&ok("e2", 600)), MSG);
+        db.borrow_mut().down = false;
+        e.settle(&h, None);
+        assert!(stored(&e).is_empty());
+        assert_eq!(db.borrow().rows.len(), 1);
+        assert_eq!(cell(&db, 0, "etag"), OwnedVal::Str(b"e2".to_vec()));
+        // A lookup that cannot read the table fails instead of publishing anew.
+        db.borrow_mut().down = true;
+        assert_eq!(e.send_publish(&h, intent(Some("<c/>"), 600, 0)), -1);
+        assert!(h.sent.borrow().is_empty());
+    }
+
+    #[test]
+    fn db_only_timer_refreshes_on_one_node_only() {
+        let db = Rc::new(RefCell::new(MemStore::default()));
+        let (a, ha) = db_node(&db);
+        let (b, hb) = db_node(&db);
+        a.send_publish(&ha, intent(Some("<a/>"), 3600, 0));
+        let (req, _, _) = pop_sent(&ha);
+        a.on_reply(&ha, req, Some(&ok("e1", 60)), MSG);
+        // Due (expires 10_060 within update_period 100): both nodes' timers run.
+        hb.now.set(10_010);
+        ha.now.set(10_010);
+        assert!(stored(&a).is_empty(), "A keeps nothing in memory");
+        let sb = b.pass(&hb, true);
+        let sa = a.pass(&ha, true);
+        assert_eq!(
+            (sb.refreshed, sa.refreshed),
+            (1, 0),
+            "one node takes the row"
+        );
+        let (req, hdr, body) = pop_sent(&hb);
+        assert!(hdr.contains("SIP-If-Match: e1") && body.is_none(), "{hdr}");
+        assert!(ha.sent.borrow().is_empty());
+        b.on_reply(&hb, req, Some(&ok("e2", 60)), MSG);
+        assert!(stored(&b).is_empty() && stored(&a).is_empty());
+        assert_eq!(cell(&db, 0, "etag"), OwnedVal::Str(b"e2".to_vec()));
+        assert_eq!(cell(&db, 0, "expires"), OwnedVal::Int(10_070));
+        // Node A changes it next: it reads B's etag from the database.
+        a.send_publish(&ha, intent(Some("<b/>"), 3600, 0));
+        let (req, hdr, _) = pop_sent(&ha);
+        assert!(hdr.contains("SIP-If-Match: e2"), "{hdr}");
+        a.on_reply(&ha, req, Some(&ok("e3", 60)), MSG);
+        // Expired rows (no refresh wanted any more) are deleted by the pass.
+        db.borrow_mut().rows[0].insert("desired_expires", OwnedVal::Int(10_050));
+        hb.now.set(10_200);
+        assert_eq!(b.pass(&hb, true).expired_deleted, 1);
+        assert!(db.borrow().rows.is_empty());
+    }
+
+    #[test]
+    fn db_only_subscription_dialog_and_notify() {
+        let db = Rc::new(RefCell::new(MemStore::default()));
+        let (e, h) = db_node(&db);
+        assert_eq!(
+            e.send_subscribe(&h, sub_intent(600, 0), SubsFlags::default(), false),
+            0
+        );
+        let (q, _, _, d) = pop_dialog(&h);
+        assert_eq!(stored(&e).len(), 1, "temporary dialog in memory");
+        e.on_sub_reply(
+            &h,
+            q,
+            Some(&sub_ok(Some("600"), 10, "sip:carol@10.0.0.9")),
+            MSG,
+        );
+        assert!(stored(&e).is_empty());
+        assert_eq!(db.borrow().rows.len(), 1);
+        assert_eq!(cell(&db, 0, "to_tag"), OwnedVal::Str(b"srv-tag".to_vec()));
+        assert_eq!(cell(&db, 0, "call_id"), OwnedVal::Str(d.call_id.clone()));
+        // NOTIFY from another process/node: found in the database.
+        assert_eq!(
+            e.update_contact(
+                &h,
+                None,
+                &d.call_id,
+                b"srv-tag",
+                &d.loc_tag,
+                b"<sip:carol@10.0.0.42>"
+            ),
+            1
+        );
+        assert_eq!(
+            cell(&db, 0, "remote_contact"),
+            OwnedVal::Str(b"sip:carol@10.0.0.42".to_vec())
+        );
+        assert_eq!(
+            e.update_contact(&h, None, b"nope", b"srv-tag", &d.loc_tag, b"sip:x@y"),
+            -1
+        );
+        // A refresh goes in dialog, to the new target, next CSeq.
+        e.send_subscribe(&h, sub_intent(600, 0), SubsFlags::default(), false);
+        let (q, _, _, d2) = pop_dialog(&h);
+        assert_eq!(
+            (d2.call_id.as_slice(), d2.rem_tag.as_slice(), d2.cseq),
+            (d.call_id.as_slice(), &b"srv-tag"[..], 11)
+        );
+        assert_eq!(d2.rem_target, b"sip:carol@10.0.0.42");
+        e.on_sub_reply(&h, q, Some(&sub_ok(Some("600"), 11, "")), MSG);
+        assert_eq!(cell(&db, 0, "cseq"), OwnedVal::Int(11));
+        // get_record_id / is_dialog answer from the rows.
+        let k = RecordData {
+            call_id: d.call_id.clone(),
+            from_tag: d.loc_tag.clone(),
+            ..Default::default()
+        };
+        let rows = e.dialog_rows(&h, &k);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].id, b"rls-1");
+        assert_eq!(
+            e.subs_list_rows(&h, b"rls-1"),
+            vec![b"sip:carol@example.com".to_vec()]
+        );
+        // un-SUBSCRIBE: the row goes.
+        e.send_subscribe(&h, sub_intent(0, 0), SubsFlags::default(), false);
+        let (q, _, hdr, _) = pop_dialog(&h);
+        assert!(hdr.contains("Expires: 0"), "{hdr}");
+        e.on_sub_reply(&h, q, Some(&sub_ok(Some("0"), 12, "")), MSG);
+        assert!(db.borrow().rows.is_empty(), "{:?}", db.borrow().rows);
+        assert!(stored(&e).is_empty());
     }
 }

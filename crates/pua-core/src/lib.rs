@@ -11,6 +11,7 @@
 
 pub mod bodies;
 pub mod callbacks;
+pub mod dbonly;
 pub mod engine;
 pub mod events;
 pub mod flags;

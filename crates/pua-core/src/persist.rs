@@ -71,9 +71,25 @@ pub trait Store {
         ops: &[&'static str],
         vals: &[Val<'_>],
     ) -> Result<(), DbFail>;
+    /// Calls `f` with the values (in `cols` order) of each row where every
+    /// key column compares (`ops`: "=", "<", ">") with its value; no keys:
+    /// every row.
+    fn select(
+        &mut self,
+        keys: &[&'static str],
+        ops: &[&'static str],
+        vals: &[Val<'_>],
+        cols: &[&'static str],
+        f: &mut dyn FnMut(&[OwnedVal]),
+    ) -> Result<(), DbFail>;
     /// Calls `f` with each row's values in `cols` order.
-    fn load(&mut self, cols: &[&'static str], f: &mut dyn FnMut(&[OwnedVal]))
-        -> Result<(), DbFail>;
+    fn load(
+        &mut self,
+        cols: &[&'static str],
+        f: &mut dyn FnMut(&[OwnedVal]),
+    ) -> Result<(), DbFail> {
+        self.select(&[], &[], &[], cols, f)
+    }
 }
 
 /// The columns of the `pua` table we read and write (all but `id`).
@@ -153,7 +169,7 @@ pub fn from_row(v: &[OwnedVal]) -> Option<RecordData> {
 }
 
 /// The key of a record's row: what identifies it in the table.
-fn key(d: &RecordData) -> (Vec<&'static str>, Vec<Val<'_>>) {
+pub fn key(d: &RecordData) -> (Vec<&'static str>, Vec<Val<'_>>) {
     let mut k = vec!["pres_uri", "pres_id", "flag", "event"];
     let mut v = vec![
         Val::Str(&d.pres_uri),
@@ -170,7 +186,7 @@ fn key(d: &RecordData) -> (Vec<&'static str>, Vec<Val<'_>>) {
 
 /// Whether a record is worth keeping across a restart: a publication the
 /// server accepted, or a confirmed subscription dialog.
-fn persistent(p: &ua_pres_t) -> bool {
+pub fn persistent(p: &ua_pres_t) -> bool {
     // SAFETY: valid under the bucket lock (callers hold it).
     unsafe {
         if p.watcher_uri.is_null() || str_ptr_bytes(p.watcher_uri).is_empty() {
@@ -221,7 +237,7 @@ impl Tombstones {
         }
     }
 
-    fn take_all(&self) -> Vec<Rec> {
+    pub(crate) fn take_all(&self) -> Vec<Rec> {
         let mut p = self.head.swap(std::ptr::null_mut(), Ordering::AcqRel);
         let mut v = Vec::new();
         // SAFETY: the swapped-out list is ours alone.
@@ -245,20 +261,23 @@ pub struct SyncStats {
     pub failed: usize,
 }
 
+/// The record in the table whose row is `d`'s (the row's key fields).
+pub fn same_row(p: &ua_pres_t, d: &RecordData) -> bool {
+    // SAFETY: valid under the bucket lock (callers hold it).
+    unsafe {
+        str_ptr_bytes(p.pres_uri) == d.pres_uri.as_slice()
+            && str_bytes(&p.id) == d.id.as_slice()
+            && p.flag == d.flag
+            && p.event == d.event
+            && str_bytes(&p.call_id) == d.call_id.as_slice()
+            && str_bytes(&p.from_tag) == d.from_tag.as_slice()
+            && str_ptr_bytes(p.watcher_uri) == d.watcher_uri.as_deref().unwrap_or_default()
+    }
+}
+
 /// Marks a record as needing a write again after a failed one.
-fn remark(table: &Table, d: &RecordData, flag: i32) {
-    let mut b = table.lock(table.bucket_of(&d.pres_uri, d.watcher_uri.as_deref()));
-    if let Some(r) = b.find(|p| {
-        // SAFETY: valid under the lock.
-        unsafe {
-            str_ptr_bytes(p.pres_uri) == d.pres_uri.as_slice()
-                && str_bytes(&p.id) == d.id.as_slice()
-                && p.flag == d.flag
-                && p.event == d.event
-                && str_bytes(&p.call_id) == d.call_id.as_slice()
-                && str_bytes(&p.from_tag) == d.from_tag.as_slice()
-        }
-    }) {
+pub(crate) fn remark(b: &mut crate::table::BucketRef<'_>, d: &RecordData, flag: i32) {
+    if let Some(r) = b.find(|p| same_row(p, d)) {
         let p = b.get_mut(r);
         if p.db_flag == NO_UPDATEDB_FLAG {
             p.db_flag = flag;
@@ -320,7 +339,8 @@ pub fn sync(table: &Table, tombs: &Tombstones, store: &mut dyn Store, now: u32) 
             };
             if ok.is_err() {
                 st.failed += 1;
-                remark(table, &d, flag);
+                let mut b = table.lock(table.bucket_of(&d.pres_uri, d.watcher_uri.as_deref()));
+                remark(&mut b, &d, flag);
             }
         }
     }
@@ -364,89 +384,7 @@ pub fn record_deleted(tombs: &Tombstones, p: &ua_pres_t, r: Rec) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::global_arena;
-    use std::collections::HashMap;
-
-    /// An in-memory `pua` table.
-    #[derive(Default)]
-    struct MemStore {
-        rows: Vec<HashMap<&'static str, OwnedVal>>,
-        fail_inserts: bool,
-        no_affected_rows: bool,
-    }
-
-    fn own(v: &Val<'_>) -> OwnedVal {
-        match v {
-            Val::Int(i) => OwnedVal::Int(*i),
-            Val::Str(s) => OwnedVal::Str(s.to_vec()),
-        }
-    }
-
-    fn matches(
-        r: &HashMap<&'static str, OwnedVal>,
-        k: &[&'static str],
-        ops: &[&str],
-        v: &[Val<'_>],
-    ) -> bool {
-        k.iter().zip(ops).zip(v).all(|((k, op), v)| {
-            let cell = r.get(k).cloned().unwrap_or(OwnedVal::Null);
-            match *op {
-                "<" => cell.int() < own(v).int(),
-                _ => cell == own(v),
-            }
-        })
-    }
-
-    impl Store for MemStore {
-        fn insert(&mut self, cols: &[&'static str], vals: &[Val<'_>]) -> Result<(), DbFail> {
-            if self.fail_inserts {
-                return Err(DbFail);
-            }
-            self.rows
-                .push(cols.iter().zip(vals).map(|(c, v)| (*c, own(v))).collect());
-            Ok(())
-        }
-        fn update(
-            &mut self,
-            k: &[&'static str],
-            kv: &[Val<'_>],
-            cols: &[&'static str],
-            vals: &[Val<'_>],
-        ) -> Result<Option<u64>, DbFail> {
-            let ops = vec!["="; k.len()];
-            let mut n = 0;
-            for r in self.rows.iter_mut().filter(|r| matches(r, k, &ops, kv)) {
-                for (c, v) in cols.iter().zip(vals) {
-                    r.insert(c, own(v));
-                }
-                n += 1;
-            }
-            Ok(if self.no_affected_rows { None } else { Some(n) })
-        }
-        fn delete(
-            &mut self,
-            k: &[&'static str],
-            ops: &[&'static str],
-            v: &[Val<'_>],
-        ) -> Result<(), DbFail> {
-            self.rows.retain(|r| !matches(r, k, ops, v));
-            Ok(())
-        }
-        fn load(
-            &mut self,
-            cols: &[&'static str],
-            f: &mut dyn FnMut(&[OwnedVal]),
-        ) -> Result<(), DbFail> {
-            for r in &self.rows {
-                let v: Vec<OwnedVal> = cols
-                    .iter()
-                    .map(|c| r.get(c).cloned().unwrap_or(OwnedVal::Null))
-                    .collect();
-                f(&v);
-            }
-            Ok(())
-        }
-    }
+    use crate::testing::{global_arena, own, MemStore};
 
     fn publ(uri: &str, etag: &str) -> RecordData {
         RecordData {

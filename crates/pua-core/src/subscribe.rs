@@ -246,7 +246,7 @@ impl Engine {
         f: SubsFlags,
         check_remote_contact: bool,
     ) -> i32 {
-        let Some(ev) = events::by_flag(intent.event) else {
+        let Some(_ev) = events::by_flag(intent.event) else {
             lm_err!("send_subscribe: event {} is not registered", intent.event);
             return -1;
         };
@@ -265,6 +265,42 @@ impl Engine {
         if rec_flag & XMPP_INITIAL_SUBS != 0 {
             rec_flag = (rec_flag & !XMPP_INITIAL_SUBS) | XMPP_SUBSCRIBE;
         }
+        {
+            let mut key = intent.clone();
+            key.flag = rec_flag;
+            if !f.insert
+                && self
+                    .preload_subscription(host, &key, check_remote_contact)
+                    .is_err()
+            {
+                return -1;
+            }
+        }
+        let bucket = self.table.bucket_of(&intent.pres_uri, Some(&watcher));
+        let code = self.send_subscribe_in(
+            host,
+            intent,
+            f,
+            check_remote_contact,
+            rec_flag,
+            watcher,
+            now,
+        );
+        self.settle(host, Some(&[bucket]));
+        code
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_subscribe_in(
+        &self,
+        host: &dyn Host,
+        intent: RecordData,
+        f: SubsFlags,
+        check_remote_contact: bool,
+        rec_flag: i32,
+        watcher: Vec<u8>,
+        now: u32,
+    ) -> i32 {
         let req = {
             let mut b = self.sub_bucket(&intent.pres_uri, &watcher);
             let mut key = intent.clone();
@@ -365,7 +401,6 @@ impl Engine {
                 }
             }
         };
-        let _ = ev;
         let Some(q) = req.to_shm() else { return -1 };
         let initial = req.ext.kind == SUB_INITIAL;
         match self.send_sub_req(host, q) {
@@ -588,6 +623,7 @@ impl Engine {
             self.send_sub_req(host, q);
         }
         self.resubmit_requests(host, pending);
+        self.settle(host, Some(&[self.bucket_of_data(&rd)]));
     }
 
     /// Builds the in-dialog refresh of a confirmed, idle subscription due
@@ -621,6 +657,7 @@ impl Engine {
     /// updates its remote target. 1 found and updated, -1 otherwise.
     pub fn update_contact(
         &self,
+        host: &dyn Host,
         hint: Option<(&[u8], &[u8])>,
         call_id: &[u8],
         notify_from_tag: &[u8],
@@ -672,13 +709,23 @@ impl Engine {
                 if d.db_flag & NO_UPDATEDB_FLAG != 0 {
                     d.db_flag = UPDATEDB_FLAG;
                 }
-                return match d.to_shm() {
+                let code = match d.to_shm() {
                     Some(nr) => {
                         b.replace(r, nr);
                         1
                     }
                     None => -1,
                 };
+                drop(b);
+                self.settle(host, Some(&[i]));
+                return code;
+            }
+        }
+        if let Some(code) =
+            self.update_contact_db(host, call_id, notify_from_tag, notify_to_tag, contact)
+        {
+            if code == 1 {
+                return 1;
             }
         }
         // Normal after an un-SUBSCRIBE: the final NOTIFY comes after its 2xx.

@@ -174,3 +174,119 @@ pub fn capture_log<R>(f: impl FnOnce() -> R) -> (R, Vec<(Level, String)>) {
     let lines = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
     (r, lines)
 }
+
+// ---- an in-memory `pua` table (persist::Store) ----
+
+use crate::persist::{DbFail, OwnedVal, Store, Val};
+use std::collections::HashMap;
+
+/// An in-memory `pua` table for persistence tests.
+#[derive(Default)]
+pub struct MemStore {
+    pub rows: Vec<HashMap<&'static str, OwnedVal>>,
+    pub fail_inserts: bool,
+    /// Every operation fails (the database is down).
+    pub down: bool,
+    pub no_affected_rows: bool,
+    /// Queries run (select, insert, update, delete).
+    pub queries: usize,
+}
+
+pub fn own(v: &Val<'_>) -> OwnedVal {
+    match v {
+        Val::Int(i) => OwnedVal::Int(*i),
+        Val::Str(s) => OwnedVal::Str(s.to_vec()),
+    }
+}
+
+fn int(v: &OwnedVal) -> i64 {
+    match v {
+        OwnedVal::Int(i) => *i as i64,
+        _ => 0,
+    }
+}
+
+fn matches(
+    r: &HashMap<&'static str, OwnedVal>,
+    k: &[&'static str],
+    ops: &[&str],
+    v: &[Val<'_>],
+) -> bool {
+    k.iter().zip(ops).zip(v).all(|((k, op), v)| {
+        let cell = r.get(k).cloned().unwrap_or(OwnedVal::Null);
+        match *op {
+            "<" => int(&cell) < int(&own(v)),
+            ">" => int(&cell) > int(&own(v)),
+            _ => cell == own(v),
+        }
+    })
+}
+
+impl MemStore {
+    fn up(&mut self) -> Result<(), DbFail> {
+        self.queries += 1;
+        if self.down {
+            Err(DbFail)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Store for MemStore {
+    fn insert(&mut self, cols: &[&'static str], vals: &[Val<'_>]) -> Result<(), DbFail> {
+        self.up()?;
+        if self.fail_inserts {
+            return Err(DbFail);
+        }
+        self.rows
+            .push(cols.iter().zip(vals).map(|(c, v)| (*c, own(v))).collect());
+        Ok(())
+    }
+    fn update(
+        &mut self,
+        k: &[&'static str],
+        kv: &[Val<'_>],
+        cols: &[&'static str],
+        vals: &[Val<'_>],
+    ) -> Result<Option<u64>, DbFail> {
+        self.up()?;
+        let ops = vec!["="; k.len()];
+        let mut n = 0;
+        for r in self.rows.iter_mut().filter(|r| matches(r, k, &ops, kv)) {
+            for (c, v) in cols.iter().zip(vals) {
+                r.insert(c, own(v));
+            }
+            n += 1;
+        }
+        Ok(if self.no_affected_rows { None } else { Some(n) })
+    }
+    fn delete(
+        &mut self,
+        k: &[&'static str],
+        ops: &[&'static str],
+        v: &[Val<'_>],
+    ) -> Result<(), DbFail> {
+        self.up()?;
+        self.rows.retain(|r| !matches(r, k, ops, v));
+        Ok(())
+    }
+    fn select(
+        &mut self,
+        k: &[&'static str],
+        ops: &[&'static str],
+        v: &[Val<'_>],
+        cols: &[&'static str],
+        f: &mut dyn FnMut(&[OwnedVal]),
+    ) -> Result<(), DbFail> {
+        self.up()?;
+        for r in self.rows.iter().filter(|r| matches(r, k, ops, v)) {
+            let v: Vec<OwnedVal> = cols
+                .iter()
+                .map(|c| r.get(c).cloned().unwrap_or(OwnedVal::Null))
+                .collect();
+            f(&v);
+        }
+        Ok(())
+    }
+}
