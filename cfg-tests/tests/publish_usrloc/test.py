@@ -17,6 +17,9 @@ Steps, each followed by a look at the server's presentity table (sqlite3):
       C with min_expires 0); the row is gone.
 Finally: both Kamailios alive with all workers, no ERROR/CRITICAL in either
 log, clean exits.
+
+Cases: db_mode 0 (records in shared memory) and db_mode 2 (the client's pua
+table is the store: the refresh and the removal find the publication there).
 """
 import time
 
@@ -51,10 +54,16 @@ def check_open(rs, what, life):
     return r
 
 
-def run(t):
+CASES = [
+    ("db_mode=0", ""),
+    ("db_mode=2", 'modparam("pua", "db_mode", 2)'),
+]
+
+
+def run(t, pua_params):
     srv = t.server()
     srv.start()
-    k = t.kamailio(subst={"@SERVER_PORT@": str(srv.port), "@PUA_PARAMS@": ""})
+    k = t.kamailio(subst={"@SERVER_PORT@": str(srv.port), "@PUA_PARAMS@": pua_params})
     k.start()
     k.check_pua_loaded()
     phone = t.uac(user="alice")
