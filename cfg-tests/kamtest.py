@@ -584,6 +584,20 @@ class TestContext:
         self.endpoints.append(ep)
         return ep
 
+    def pgsql(self, name="pgsql", **kw):
+        """A private PostgreSQL server for this test (cfg-tests/pgsql.py:
+        initdb in <work>/<name>, 127.0.0.1 and a free port, run as the
+        postgres user, a kamailio role and database with Debian's pua
+        schema), started; stopped by cleanup() after every Kamailio
+        instance and endpoint of the test (and by the atexit hook)."""
+        import pgsql
+        pg = pgsql.PgSQL(self.work_dir, name=name, **kw)
+        if not hasattr(self, "fixtures"):
+            self.fixtures = []
+        self.fixtures.append(pg)
+        pg.start()
+        return pg
+
     def note(self, msg):
         """Extra information printed under the PASS/FAIL line with -v."""
         self.notes.append(msg)
@@ -608,7 +622,12 @@ class TestContext:
                           % getattr(fn, "__name__", fn))
 
     def cleanup(self):
-        for k in self.instances:
-            k.stop()
-        for ep in self.endpoints:
-            ep.stop()
+        try:
+            for k in self.instances:
+                k.stop()
+            for ep in self.endpoints:
+                ep.stop()
+        finally:
+            # Servers the instances used (pgsql()), stopped last, newest first.
+            for f in reversed(getattr(self, "fixtures", [])):
+                f.stop()

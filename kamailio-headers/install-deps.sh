@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Installs, as root on Debian bookworm, everything the build and the tests need:
 # Debian's Kamailio 5.6.3 with the pua consumers and SQLite, the presence server
-# modules, SIPp, libclang for bindgen, libxml2 headers and dpkg-dev for
+# modules, PostgreSQL, SIPp, libclang for bindgen, libxml2 headers and dpkg-dev for
 # `apt-get source`. Idempotent: packages already present are skipped by apt.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
+# postgresql + kamailio-postgres-modules: the db_mode 2 cfg-tests run a
+# private PostgreSQL server per test (cfg-tests/pgsql.py: initdb in the
+# test's work dir, its own port on 127.0.0.1); the Debian cluster the
+# package may create and start is not used.
 pkgs=(kamailio kamailio-presence-modules kamailio-sqlite-modules
       kamailio-xml-modules kamailio-extra-modules kamailio-xmpp-modules
-      kamailio-utils-modules sqlite3 libclang-dev clang libxml2-dev
+      kamailio-utils-modules kamailio-postgres-modules postgresql
+      sqlite3 libclang-dev clang libxml2-dev
       dpkg-dev pkg-config procps python3 make)
 missing=()
 for p in "${pkgs[@]}"; do

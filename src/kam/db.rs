@@ -82,14 +82,25 @@ impl DbApi {
                 format!("cannot connect to '{}'", String::from_utf8_lossy(url)),
             ));
         }
-        Ok(Conn {
+        let mut c = Conn {
             api: *self,
             h,
             table: None,
             fetch_rows: 500,
-        })
+        };
+        if url.starts_with(b"sqlite:") {
+            c.sqlite_busy_timeout(SQLITE_BUSY_TIMEOUT_MS);
+        }
+        Ok(c)
     }
 }
+
+/// How long a statement on SQLite waits for another process's lock.
+/// db_sqlite sets no busy timeout, so a write that meets another
+/// process's write fails at once with "database is locked" (Kamailio's
+/// presence and pua workers write the same file); the C module loses the
+/// record then. Waiting a little is far better for a worker than that.
+pub const SQLITE_BUSY_TIMEOUT_MS: u32 = 2000;
 
 /// An open connection, closed on drop.
 pub struct Conn {
@@ -140,6 +151,29 @@ impl Conn {
             ));
         }
         Ok(())
+    }
+}
+
+impl Conn {
+    /// `PRAGMA busy_timeout` on this connection (db_sqlite: raw_query steps
+    /// the statement when asked for a result, which is then freed).
+    fn sqlite_busy_timeout(&mut self, ms: u32) {
+        let (Some(raw), Some(free)) = (self.api.f.raw_query, self.api.f.free_result) else {
+            return;
+        };
+        let q = format!("PRAGMA busy_timeout = {ms}");
+        let qs = borrowed_str(q.as_bytes());
+        let mut res: *mut pua_sys::db1_res_t = std::ptr::null_mut();
+        // SAFETY: valid handle; `qs` borrows `q` for the call; the result,
+        // if any, is freed once.
+        unsafe {
+            if raw(self.h, &qs, &mut res) < 0 {
+                lm_err!("database: cannot set SQLite's busy timeout");
+            }
+            if !res.is_null() {
+                free(self.h, res);
+            }
+        }
     }
 }
 

@@ -54,7 +54,15 @@ import sip
 from kamtest import TestFailure, check, free_udp_port
 
 BEYOND_C = True
-CASES = [("crc=1", {"crc": 1}), ("crc=0", {"crc": 0})]
+# db_mode 2: rls's back-end dialogs are in the client's pua table, and
+# get_record_id / get_subs_list / pua_update_contact() answer from it.  Ours
+# only: the C module's worker dies on the 200 of a SUBSCRIBE in db_mode 2 on
+# SQLite (empty strings bound as NULL; see persist_dbonly).
+CASES = [
+    ("crc=1", {"crc": 1}),
+    ("crc=0", {"crc": 0}),
+    ("crc=0,db_mode=2", {"crc": 0, "db_mode": 2, "variants": ("ours",)}),
+]
 
 DBTEXT_SCHEMAS = "/usr/share/kamailio/dbtext/kamailio"
 C_UPDATE_CONTACT_ERR = r"ki_pua_update_contact\(\): no record for the dialog found"
@@ -160,7 +168,8 @@ def run(t, data):
     for f in ("version", "rls_presentity", "rls_watchers"):
         shutil.copy(os.path.join(DBTEXT_SCHEMAS, f), dbtext)
     k = t.kamailio(subst={"@XMPP_PORT@": str(free_udp_port()), "@UAS_PORT@": str(uas.port),
-                          "@RLS_DB_URL@": '"text://%s"' % dbtext, "@CRC@": str(crc)},
+                          "@RLS_DB_URL@": '"text://%s"' % dbtext, "@CRC@": str(crc),
+                          "@PUA_DB_MODE@": str(data.get("db_mode", 0))},
                    schemas=("standard", "presence", "rls"), extra_sql=extra)
     k.start()
     k.check_pua_loaded()

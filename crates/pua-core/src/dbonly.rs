@@ -19,7 +19,9 @@
 //!
 //! What the table does not hold is lost between operations: a publication's
 //! body (a 412 on a refresh cannot be answered by re-publishing it, the
-//! record is dropped as in the C module).
+//! record is dropped as in the C module) and the consumer's outbound proxy
+//! (a consumer's request brings its own; the timer's refreshes use the
+//! `outbound_proxy` parameter).
 
 use crate::engine::{Engine, Host};
 use crate::flags::*;
@@ -218,7 +220,9 @@ impl Engine {
             .filter(|d| same_subscription(d, q, check_remote_contact) && !d.to_tag.is_empty())
             .collect();
         found.sort_by_key(|d| std::cmp::Reverse(d.expires));
-        if let Some(d) = found.into_iter().next() {
+        if let Some(mut d) = found.into_iter().next() {
+            // Not a column: the consumer's outbound proxy of this request.
+            d.outbound_proxy = q.outbound_proxy.clone();
             self.adopt(bucket, d, NO_UPDATEDB_FLAG, here);
         }
         Ok(())
