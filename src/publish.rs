@@ -42,7 +42,7 @@ impl Host for KamHost {
     ) -> Result<(), SendError> {
         let st = state().ok_or(SendError)?;
         // SAFETY: a request block we own until tm hands it back.
-        let uri = unsafe { str_ptr_bytes((*req.as_ptr()).pres_uri) }.to_vec();
+        let uri = unsafe { req.node() }.pres_uri().to_vec();
         let r = OutOfDialog {
             method: b"PUBLISH",
             uri: &uri,
@@ -248,12 +248,12 @@ unsafe extern "C" fn publ_cback(_t: *mut cell, _type: c_int, ps: *mut tmcb_param
                 lm_err!("PUBLISH reply without its parameter");
                 return;
             }
-            let req = *ps.param as *mut ua_pres_t;
+            let req = *ps.param;
             *ps.param = ptr::null_mut();
             (req, ps.rpl, ps.code)
         };
         // SAFETY: the parameter is a request block made by the engine.
-        let Some(req) = (unsafe { Rec::from_ptr(req) }) else {
+        let Some(req) = (unsafe { Rec::from_void(req) }) else {
             return;
         };
         let info = if sipmsg::is_real(msg) {

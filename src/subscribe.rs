@@ -10,7 +10,7 @@ use pua_core::lm_err;
 use pua_core::shm::{str_bytes, str_ptr_bytes};
 use pua_core::subscribe::{SubsFlags, INTERNAL_UPDATE_TRUE};
 use pua_core::table::{Rec, RecordData};
-use pua_sys::{cell, sip_msg, str_, subs_info_t, tmcb_params, ua_pres_t};
+use pua_sys::{cell, sip_msg, str_, subs_info_t, tmcb_params};
 use std::os::raw::c_int;
 use std::ptr;
 
@@ -75,12 +75,12 @@ pub(crate) unsafe extern "C" fn subs_cback(_t: *mut cell, _type: c_int, ps: *mut
                 lm_err!("SUBSCRIBE reply without its parameter");
                 return;
             }
-            let q = *ps.param as *mut ua_pres_t;
+            let q = *ps.param;
             *ps.param = ptr::null_mut();
             (q, ps.rpl, ps.code)
         };
         // SAFETY: the parameter is a request block made by the engine.
-        let Some(q) = (unsafe { Rec::from_ptr(q) }) else {
+        let Some(q) = (unsafe { Rec::from_void(q) }) else {
             return;
         };
         let info = if sipmsg::is_real(msg) {

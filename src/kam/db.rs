@@ -82,13 +82,16 @@ impl DbApi {
                 format!("cannot connect to '{}'", String::from_utf8_lossy(url)),
             ));
         }
+        let sqlite = url.starts_with(b"sqlite:");
         let mut c = Conn {
             api: *self,
             h,
             table: None,
             fetch_rows: 500,
+            sqlite,
+            in_txn: false,
         };
-        if url.starts_with(b"sqlite:") {
+        if sqlite {
             c.sqlite_busy_timeout(SQLITE_BUSY_TIMEOUT_MS);
         }
         Ok(c)
@@ -110,6 +113,9 @@ pub struct Conn {
     table: Option<(Box<[u8]>, Box<str_>)>,
     /// Rows per fetch when loading (`fetch_rows`).
     fetch_rows: u32,
+    /// db_sqlite: batches of writes go in BEGIN ... COMMIT.
+    sqlite: bool,
+    in_txn: bool,
 }
 
 impl Conn {
@@ -155,24 +161,29 @@ impl Conn {
 }
 
 impl Conn {
-    /// `PRAGMA busy_timeout` on this connection (db_sqlite: raw_query steps
-    /// the statement when asked for a result, which is then freed).
+    /// `PRAGMA busy_timeout` on this connection.
     fn sqlite_busy_timeout(&mut self, ms: u32) {
+        if !self.raw(&format!("PRAGMA busy_timeout = {ms}")) {
+            lm_err!("database: cannot set SQLite's busy timeout");
+        }
+    }
+
+    /// Runs a statement through `raw_query` (db_sqlite steps the statement
+    /// only when asked for a result, which is then freed); `false` on error.
+    fn raw(&mut self, q: &str) -> bool {
         let (Some(raw), Some(free)) = (self.api.f.raw_query, self.api.f.free_result) else {
-            return;
+            return false;
         };
-        let q = format!("PRAGMA busy_timeout = {ms}");
         let qs = borrowed_str(q.as_bytes());
         let mut res: *mut pua_sys::db1_res_t = std::ptr::null_mut();
         // SAFETY: valid handle; `qs` borrows `q` for the call; the result,
         // if any, is freed once.
         unsafe {
-            if raw(self.h, &qs, &mut res) < 0 {
-                lm_err!("database: cannot set SQLite's busy timeout");
-            }
+            let r = raw(self.h, &qs, &mut res);
             if !res.is_null() {
                 free(self.h, res);
             }
+            r >= 0
         }
     }
 }
@@ -313,6 +324,31 @@ impl Conn {
 }
 
 impl Store for Conn {
+    /// SQLite only: there every autocommit statement is a fsync (10,000
+    /// rows took more than 10 s at shutdown), and a failing statement does
+    /// not abort the transaction. PostgreSQL aborts a transaction at its
+    /// first failing statement, so there rows stay one statement each.
+    fn begin(&mut self) -> bool {
+        if !self.sqlite || self.in_txn {
+            return self.in_txn;
+        }
+        self.in_txn = self.raw("BEGIN");
+        self.in_txn
+    }
+
+    fn commit(&mut self) -> Result<(), DbFail> {
+        if !self.in_txn {
+            return Ok(());
+        }
+        self.in_txn = false;
+        if self.raw("COMMIT") {
+            return Ok(());
+        }
+        lm_err!("database: commit of a batch of pua rows failed; they are written again next time");
+        self.raw("ROLLBACK");
+        Err(DbFail)
+    }
+
     fn insert(&mut self, cols: &[&'static str], v: &[Val<'_>]) -> Result<(), DbFail> {
         self.table_ok()?;
         let Some(insert) = self.api.f.insert else {

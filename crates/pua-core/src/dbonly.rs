@@ -26,7 +26,6 @@
 use crate::engine::{Engine, Host};
 use crate::flags::*;
 use crate::persist::{self, same_row, DbFail, Store, Val, COLS};
-use crate::shm::{str_bytes, str_ptr_bytes};
 use crate::table::{ext_of, free_record, Rec, RecordData};
 use crate::{lm_dbg, lm_err, lm_warn};
 
@@ -131,20 +130,31 @@ impl Engine {
         let here = |b: &crate::table::BucketRef<'_>| {
             b.find(|p| {
                 // SAFETY: valid under the lock.
-                p.watcher_uri.is_null()
+                !p.is_subscription()
                     && p.flag & q.flag != 0
                     && p.event & q.event != 0
-                    && unsafe { str_ptr_bytes(p.pres_uri) } == q.pres_uri.as_slice()
-                    && (q.id.is_empty() || unsafe { str_bytes(&p.id) } == q.id.as_slice())
+                    && p.pres_uri() == q.pres_uri.as_slice()
+                    && (q.id.is_empty() || p.id() == q.id.as_slice())
             })
             .is_some()
         };
         if here(&self.table.lock(bucket)) {
             return Ok(());
         }
+        // With an id, the (pres_id, pres_uri) index of Kamailio's schema
+        // serves the lookup; without one (any id matches), pres_uri alone.
         let rows = self
             .with_db(host, |s| {
-                select(s, &["pres_uri"], &["="], &[Val::Str(&q.pres_uri)])
+                if q.id.is_empty() {
+                    select(s, &["pres_uri"], &["="], &[Val::Str(&q.pres_uri)])
+                } else {
+                    select(
+                        s,
+                        &["pres_id", "pres_uri"],
+                        &["=", "="],
+                        &[Val::Str(&q.id), Val::Str(&q.pres_uri)],
+                    )
+                }
             })
             .map_err(|_| {
                 lm_err!(
@@ -188,12 +198,12 @@ impl Engine {
         let here = |b: &crate::table::BucketRef<'_>| {
             b.find(|p| {
                 // SAFETY: valid under the lock.
-                !p.watcher_uri.is_null()
+                p.is_subscription()
                     && p.flag & q.flag != 0
                     && p.event & q.event != 0
-                    && unsafe { str_ptr_bytes(p.pres_uri) } == q.pres_uri.as_slice()
-                    && unsafe { str_ptr_bytes(p.watcher_uri) } == w
-                    && (q.id.is_empty() || unsafe { str_bytes(&p.id) } == q.id.as_slice())
+                    && p.pres_uri() == q.pres_uri.as_slice()
+                    && p.watcher_uri().unwrap_or_default() == w
+                    && (q.id.is_empty() || p.id() == q.id.as_slice())
             })
             .is_some()
         };
@@ -202,12 +212,21 @@ impl Engine {
         }
         let rows = self
             .with_db(host, |s| {
-                select(
-                    s,
-                    &["pres_uri", "watcher_uri"],
-                    &["=", "="],
-                    &[Val::Str(&q.pres_uri), Val::Str(w)],
-                )
+                if q.id.is_empty() {
+                    select(
+                        s,
+                        &["pres_uri", "watcher_uri"],
+                        &["=", "="],
+                        &[Val::Str(&q.pres_uri), Val::Str(w)],
+                    )
+                } else {
+                    select(
+                        s,
+                        &["pres_id", "pres_uri", "watcher_uri"],
+                        &["=", "=", "="],
+                        &[Val::Str(&q.id), Val::Str(&q.pres_uri), Val::Str(w)],
+                    )
+                }
             })
             .map_err(|_| {
                 lm_err!(

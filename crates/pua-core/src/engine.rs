@@ -18,10 +18,9 @@
 use crate::events::{self, Event};
 use crate::flags::*;
 use crate::publish::{self, classify, Kind, Outcome, ReplyInfo};
-use crate::shm::{str_bytes, str_ptr_bytes};
-use crate::sys::{sip_msg, ua_pres_t};
+use crate::sys::sip_msg;
 use crate::table::{
-    ext_of, free_record, BucketRef, Rec, RecordData, Table, EXT_BODY_PACKED, EXT_HAD_423,
+    ext_of, free_record, BucketRef, Node, Rec, RecordData, Table, EXT_BODY_PACKED, EXT_HAD_423,
     EXT_TIMEOUT_LOGGED,
 };
 use crate::{lm_dbg, lm_err, lm_info, lm_warn};
@@ -128,15 +127,8 @@ pub struct PassStats {
 }
 
 /// A publication record's identity: what `search_htable` compares.
-fn same_publication(p: &ua_pres_t, q: &RecordData) -> bool {
-    // SAFETY: records and their strings are valid under the bucket lock.
-    let (uri, id, watcher) = unsafe {
-        (
-            str_ptr_bytes(p.pres_uri),
-            str_bytes(&p.id),
-            str_ptr_bytes(p.watcher_uri),
-        )
-    };
+fn same_publication(p: &Node, q: &RecordData) -> bool {
+    let (uri, id, watcher) = (p.pres_uri(), p.id(), p.watcher_uri().unwrap_or_default());
     p.flag & q.flag != 0
         && p.event & q.event != 0
         && watcher.is_empty()
@@ -161,7 +153,7 @@ impl Engine {
     fn find(b: &BucketRef<'_>, q: &RecordData, etag: Option<&[u8]>) -> Option<Rec> {
         b.find(|p| {
             // SAFETY: valid under the lock.
-            same_publication(p, q) && etag.is_none_or(|e| unsafe { str_bytes(&p.etag) } == e)
+            same_publication(p, q) && etag.is_none_or(|e| p.etag() == e)
         })
     }
 
@@ -372,7 +364,7 @@ impl Engine {
                 .find(|p| same_publication(p, d))
                 .filter(|&r| ext_of(r).gen == d.ext.gen)
             {
-                Some(r) if d.ext.kind == Kind::Initial as u32 && b.get(r).etag.len == 0 => {
+                Some(r) if d.ext.kind == Kind::Initial as u32 && b.get(r).etag().is_empty() => {
                     let p = take_pending(ext_of(r));
                     self.drop_record(&mut b, r);
                     p
@@ -458,7 +450,7 @@ impl Engine {
                         pending = take_pending(e);
                     }
                 }
-                (Outcome::Republish, Some(r)) if b.get(r).body.is_null() => {
+                (Outcome::Republish, Some(r)) if b.get(r).body().is_none() => {
                     lm_err!(
                         "412 for {} and no body kept; dropping it",
                         String::from_utf8_lossy(&rd.pres_uri)
@@ -688,11 +680,11 @@ impl Engine {
                         }
                         continue;
                     }
-                    if !p.watcher_uri.is_null() {
+                    if p.is_subscription() {
                         // A subscription: refresh a confirmed one in time,
                         // drop a temporary one that never got its 2xx and
                         // one that ran out.
-                        let confirmed = p.to_tag.len > 0;
+                        let confirmed = !p.to_tag().is_empty();
                         if confirmed
                             && publish::needs_refresh(
                                 p.expires,
@@ -716,7 +708,7 @@ impl Engine {
                                 unsafe { free_record(q) };
                             }
                         }
-                    } else if p.etag.len > 0
+                    } else if !p.etag().is_empty()
                         && publish::needs_refresh(
                             p.expires,
                             p.desired_expires,
@@ -748,7 +740,7 @@ impl Engine {
                             }
                             None => e.state = 0,
                         }
-                    } else if p.watcher_uri.is_null() && p.expires < now.saturating_sub(10) {
+                    } else if !p.is_subscription() && p.expires < now.saturating_sub(10) {
                         let pending = take_pending(e);
                         self.drop_record(&mut b, r);
                         st.expired_deleted += 1;
@@ -801,7 +793,7 @@ pub(crate) fn take_pending_requests(e: &mut crate::table::Ext) -> Vec<Rec> {
 fn enqueue(e: &mut crate::table::Ext, q: Rec) {
     // SAFETY: queue blocks are ours, reached under the record's bucket lock.
     unsafe {
-        let mut link: *mut *mut ua_pres_t = &mut e.pending;
+        let mut link: *mut *mut Node = &mut e.pending;
         while !(*link).is_null() {
             let cur = *link;
             if (*cur).next.is_null()

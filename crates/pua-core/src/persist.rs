@@ -10,9 +10,7 @@
 
 use crate::flags::*;
 use crate::lm_err;
-use crate::shm::{str_bytes, str_ptr_bytes};
-use crate::sys::ua_pres_t;
-use crate::table::{ext_of, free_record, Rec, RecordData, Table};
+use crate::table::{ext_of, free_record, Node, Rec, RecordData, Table};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// A value bound to a query.
@@ -82,6 +80,18 @@ pub trait Store {
         cols: &[&'static str],
         f: &mut dyn FnMut(&[OwnedVal]),
     ) -> Result<(), DbFail>;
+    /// Starts a transaction for a batch of writes, where that makes them
+    /// much cheaper (SQLite: one fsync per transaction instead of one per
+    /// statement) and a failing statement does not spoil the others.
+    /// `false`: no transaction, every statement stands alone.
+    fn begin(&mut self) -> bool {
+        false
+    }
+    /// Ends the transaction [`Store::begin`] started; `Err`: its writes are
+    /// lost (rolled back).
+    fn commit(&mut self) -> Result<(), DbFail> {
+        Ok(())
+    }
     /// Calls `f` with each row's values in `cols` order.
     fn load(
         &mut self,
@@ -186,14 +196,11 @@ pub fn key(d: &RecordData) -> (Vec<&'static str>, Vec<Val<'_>>) {
 
 /// Whether a record is worth keeping across a restart: a publication the
 /// server accepted, or a confirmed subscription dialog.
-pub fn persistent(p: &ua_pres_t) -> bool {
-    // SAFETY: valid under the bucket lock (callers hold it).
-    unsafe {
-        if p.watcher_uri.is_null() || str_ptr_bytes(p.watcher_uri).is_empty() {
-            !str_bytes(&p.etag).is_empty()
-        } else {
-            !str_bytes(&p.to_tag).is_empty()
-        }
+pub fn persistent(p: &Node) -> bool {
+    if !p.is_subscription() || p.watcher_uri().unwrap_or_default().is_empty() {
+        !p.etag().is_empty()
+    } else {
+        !p.to_tag().is_empty()
     }
 }
 
@@ -202,7 +209,7 @@ pub fn persistent(p: &ua_pres_t) -> bool {
 #[repr(C)]
 #[derive(Default)]
 pub struct Tombstones {
-    head: AtomicPtr<ua_pres_t>,
+    head: AtomicPtr<Node>,
 }
 
 impl Tombstones {
@@ -262,17 +269,14 @@ pub struct SyncStats {
 }
 
 /// The record in the table whose row is `d`'s (the row's key fields).
-pub fn same_row(p: &ua_pres_t, d: &RecordData) -> bool {
-    // SAFETY: valid under the bucket lock (callers hold it).
-    unsafe {
-        str_ptr_bytes(p.pres_uri) == d.pres_uri.as_slice()
-            && str_bytes(&p.id) == d.id.as_slice()
-            && p.flag == d.flag
-            && p.event == d.event
-            && str_bytes(&p.call_id) == d.call_id.as_slice()
-            && str_bytes(&p.from_tag) == d.from_tag.as_slice()
-            && str_ptr_bytes(p.watcher_uri) == d.watcher_uri.as_deref().unwrap_or_default()
-    }
+pub fn same_row(p: &Node, d: &RecordData) -> bool {
+    p.pres_uri() == d.pres_uri.as_slice()
+        && p.id() == d.id.as_slice()
+        && p.flag == d.flag
+        && p.event == d.event
+        && p.call_id() == d.call_id.as_slice()
+        && p.from_tag() == d.from_tag.as_slice()
+        && p.watcher_uri().unwrap_or_default() == d.watcher_uri.as_deref().unwrap_or_default()
 }
 
 /// Marks a record as needing a write again after a failed one.
@@ -288,6 +292,8 @@ pub(crate) fn remark(b: &mut crate::table::BucketRef<'_>, d: &RecordData, flag: 
 /// One sync pass (the `update_period` timer, and module destroy).
 pub fn sync(table: &Table, tombs: &Tombstones, store: &mut dyn Store, now: u32) -> SyncStats {
     let mut st = SyncStats::default();
+    let mut in_txn = false;
+    let mut batch: Vec<(i32, RecordData)> = Vec::new();
     for t in tombs.take_all() {
         let d = RecordData::from_rec(t);
         let (k, v) = key(&d);
@@ -322,6 +328,9 @@ pub fn sync(table: &Table, tombs: &Tombstones, store: &mut dyn Store, now: u32) 
             }
         }
         for (flag, d) in dirty {
+            if !in_txn {
+                in_txn = store.begin();
+            }
             let vals = row(&d);
             let ok = if flag & INSERTDB_FLAG != 0 {
                 store.insert(&COLS, &vals).map(|_| st.inserted += 1)
@@ -341,8 +350,17 @@ pub fn sync(table: &Table, tombs: &Tombstones, store: &mut dyn Store, now: u32) 
                 st.failed += 1;
                 let mut b = table.lock(table.bucket_of(&d.pres_uri, d.watcher_uri.as_deref()));
                 remark(&mut b, &d, flag);
+            } else if in_txn {
+                batch.push((flag, d));
+                if batch.len() >= TXN_ROWS {
+                    finish_batch(table, store, &mut batch, &mut st);
+                    in_txn = false;
+                }
             }
         }
+    }
+    if in_txn {
+        finish_batch(table, store, &mut batch, &mut st);
     }
     if store
         .delete(&["expires"], &["<"], &[Val::Int(now as i32)])
@@ -351,6 +369,28 @@ pub fn sync(table: &Table, tombs: &Tombstones, store: &mut dyn Store, now: u32) 
         st.failed += 1;
     }
     st
+}
+
+/// Rows written per transaction (where the store uses them): other
+/// processes writing the same SQLite file wait at most one batch.
+const TXN_ROWS: usize = 500;
+
+/// Commits a batch of writes; when the commit fails they are lost, so
+/// their records are marked for the next sync again.
+fn finish_batch(
+    table: &Table,
+    store: &mut dyn Store,
+    batch: &mut Vec<(i32, RecordData)>,
+    st: &mut SyncStats,
+) {
+    if store.commit().is_err() {
+        for (flag, d) in batch.iter() {
+            let mut b = table.lock(table.bucket_of(&d.pres_uri, d.watcher_uri.as_deref()));
+            remark(&mut b, d, *flag);
+        }
+        st.failed += batch.len();
+    }
+    batch.clear();
 }
 
 /// Loads the rows that have not expired into the table (db_mode 0 start).
@@ -374,7 +414,7 @@ pub fn restore(table: &Table, store: &mut dyn Store, now: u32) -> Result<usize, 
 }
 
 /// Called when the engine deletes a record: its row goes at the next sync.
-pub fn record_deleted(tombs: &Tombstones, p: &ua_pres_t, r: Rec) {
+pub fn record_deleted(tombs: &Tombstones, p: &Node, r: Rec) {
     if p.db_flag != INSERTDB_FLAG && persistent(p) {
         tombs.push(&RecordData::from_rec(r));
     }
@@ -452,9 +492,7 @@ mod tests {
         db.rows.clear();
         {
             let mut b = t.lock(t.bucket_of(b"sip:a@x", None));
-            let r = b
-                .find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:a@x")
-                .unwrap();
+            let r = b.find(|p| p.pres_uri() == b"sip:a@x").unwrap();
             b.get_mut(r).db_flag = UPDATEDB_FLAG;
         }
         let st = sync(&t, &tombs, &mut db, 1000);
@@ -462,9 +500,7 @@ mod tests {
         // A deleted record's row goes.
         {
             let mut b = t.lock(t.bucket_of(b"sip:a@x", None));
-            let r = b
-                .find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:a@x")
-                .unwrap();
+            let r = b.find(|p| p.pres_uri() == b"sip:a@x").unwrap();
             record_deleted(&tombs, b.get(r), r);
             b.delete(r);
         }
@@ -516,6 +552,33 @@ mod tests {
     }
 
     #[test]
+    fn writes_are_batched_in_transactions_and_a_failed_commit_is_retried() {
+        global_arena();
+        let t = Table::new(8).unwrap();
+        let tombs = Tombstones::default();
+        for i in 0..(TXN_ROWS + 10) {
+            t.insert(&publ(&format!("sip:u{i}@x"), "e1"));
+        }
+        let mut db = MemStore {
+            transactions: true,
+            fail_commit: true,
+            ..Default::default()
+        };
+        let st = sync(&t, &tombs, &mut db, 1000);
+        assert_eq!(db.commits, 2, "one commit per {TXN_ROWS} rows");
+        assert_eq!(st.failed, TXN_ROWS + 10);
+        assert!(db.rows.is_empty(), "rolled back");
+        db.fail_commit = false;
+        let st = sync(&t, &tombs, &mut db, 1000);
+        assert_eq!((st.inserted, st.failed), (TXN_ROWS + 10, 0));
+        assert_eq!(
+            db.rows.len(),
+            TXN_ROWS + 10,
+            "written once the commit works"
+        );
+    }
+
+    #[test]
     fn restore_loads_live_rows_and_keeps_the_table() {
         global_arena();
         let mut db = MemStore::default();
@@ -530,7 +593,7 @@ mod tests {
         assert_eq!(db.rows.len(), 3, "restore deletes nothing");
         assert_eq!(t.len(), 2);
         let b = t.lock(t.bucket_of(b"sip:c@x", Some(b"sip:w@x")));
-        let r = b.find(|p| !p.watcher_uri.is_null()).unwrap();
+        let r = b.find(|p| p.is_subscription()).unwrap();
         let d = RecordData::from_rec(r);
         assert_eq!(
             (d.call_id.as_slice(), d.to_tag.as_slice(), d.cseq, d.db_flag),

@@ -10,9 +10,7 @@ use crate::engine::{Engine, Host, Msg};
 use crate::events;
 use crate::flags::*;
 use crate::publish::{parse_delta_seconds, MAX_FORWARDS, MAX_RETRIES, MAX_RETRY_AFTER};
-use crate::shm::{str_bytes, str_ptr_bytes};
-use crate::sys::ua_pres_t;
-use crate::table::{ext_of, free_record, BucketRef, Rec, RecordData, EXT_HAD_423};
+use crate::table::{ext_of, free_record, BucketRef, Node, Rec, RecordData, EXT_HAD_423};
 use crate::{lm_dbg, lm_err, lm_info, lm_warn};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -174,16 +172,13 @@ pub fn classify(
 /// A subscription record's identity for `send_subscribe` (`search_htable`
 /// with a watcher): flag, event, presentity, watcher, id when given, and
 /// the remote target when `check_remote_contact` is on.
-fn same_subscription(p: &ua_pres_t, q: &RecordData, check_remote_contact: bool) -> bool {
-    // SAFETY: records and their strings are valid under the bucket lock.
-    let (uri, watcher, id, rc) = unsafe {
-        (
-            str_ptr_bytes(p.pres_uri),
-            str_ptr_bytes(p.watcher_uri),
-            str_bytes(&p.id),
-            str_bytes(&p.remote_contact),
-        )
-    };
+fn same_subscription(p: &Node, q: &RecordData, check_remote_contact: bool) -> bool {
+    let (uri, watcher, id, rc) = (
+        p.pres_uri(),
+        p.watcher_uri().unwrap_or_default(),
+        p.id(),
+        p.remote_contact(),
+    );
     p.flag & q.flag != 0
         && p.event & q.event != 0
         && !watcher.is_empty()
@@ -195,13 +190,8 @@ fn same_subscription(p: &ua_pres_t, q: &RecordData, check_remote_contact: bool) 
 }
 
 /// The dialog of a request in flight (matched by Call-ID and local tag).
-fn same_dialog(p: &ua_pres_t, call_id: &[u8], from_tag: &[u8]) -> bool {
-    // SAFETY: as above.
-    unsafe {
-        str_bytes(&p.call_id) == call_id
-            && str_bytes(&p.from_tag) == from_tag
-            && !p.watcher_uri.is_null()
-    }
+fn same_dialog(p: &Node, call_id: &[u8], from_tag: &[u8]) -> bool {
+    p.call_id() == call_id && p.from_tag() == from_tag && p.is_subscription()
 }
 
 /// A Call-ID and a From tag for a new dialog.
@@ -346,7 +336,7 @@ impl Engine {
                         lm_info!("re-SUBSCRIBE on an internal (rls) update: skipped");
                         return 0;
                     }
-                    if p.to_tag.len == 0 {
+                    if p.to_tag().is_empty() {
                         if intent.ext.asked > 0 {
                             lm_warn!("re-SUBSCRIBE to a dialog not yet established: skipped");
                         } else {
@@ -466,7 +456,7 @@ impl Engine {
                 .find(|p| same_dialog(p, &d.call_id, &d.from_tag))
                 .filter(|&r| ext_of(r).gen == d.ext.gen)
             {
-                if b.get(r).to_tag.len == 0 {
+                if b.get(r).to_tag().is_empty() {
                     // SAFETY: the record is deleted right after; nobody else reaches it.
                     unsafe { crate::table::free_chains(ext_of(r)) };
                     self.drop_record(&mut b, r);
@@ -686,22 +676,15 @@ impl Engine {
         for i in order {
             let mut b = self.table.lock(i);
             let found = b.find(|p| {
-                // SAFETY: valid under the lock.
-                let (cid, from_tag, to_tag) = unsafe {
-                    (
-                        str_bytes(&p.call_id),
-                        str_bytes(&p.from_tag),
-                        str_bytes(&p.to_tag),
-                    )
-                };
-                !p.watcher_uri.is_null()
+                let (cid, from_tag, to_tag) = (p.call_id(), p.from_tag(), p.to_tag());
+                p.is_subscription()
                     && cid == call_id
                     && from_tag == notify_to_tag
                     && (to_tag.is_empty() || to_tag == notify_from_tag)
             });
             if let Some(r) = found {
                 // SAFETY: valid under the lock.
-                if unsafe { str_bytes(&b.get(r).remote_contact) } == contact {
+                if b.get(r).remote_contact() == contact {
                     return 1;
                 }
                 let mut d = RecordData::from_rec(r);

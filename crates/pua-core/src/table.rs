@@ -1,16 +1,20 @@
 //! The record table: 2^hash_size buckets in shared memory, each a singly
-//! linked list of `ua_pres_t` records guarded by its own cross-process
-//! [`FutexLock`]. Created in mod_init before the fork; every worker, the
-//! timer process and the RPC process reach it through the same pointers.
+//! linked list of records guarded by its own cross-process [`FutexLock`].
+//! Created in mod_init before the fork; every worker, the timer process and
+//! the RPC process reach it through the same pointers.
 //!
-//! A record is one shm block: the `ua_pres_t` followed by all its strings
-//! (one allocation per record instead of one per field). A record is only
-//! read or changed under its bucket's lock; changing a string field means
-//! building a new block and [`BucketRef::replace`]-ing the old one.
+//! A record is one compact shm block, a [`Node`]: the fixed-size fields of
+//! `ua_pres_t` and the engine state, then the lengths of the 15 string
+//! fields as varints, then their bytes (one allocation per record; about
+//! 110 bytes of header instead of the 256-byte `ua_pres_t` plus a `str`
+//! per pointer field). Consumers never see a `Node`: their callbacks get a
+//! `ua_pres_t` built from the record's values. A record is only read or
+//! changed under its bucket's lock; changing a string field means building
+//! a new block and [`BucketRef::replace`]-ing the old one.
 
 use crate::hash::bucket_of;
 use crate::lock::{FutexLock, LockGuard};
-use crate::shm::{self, str_bytes, str_ptr_bytes, BlockBuilder};
+use crate::shm::{self, str_bytes, str_ptr_bytes};
 use crate::sys::{str_, ua_pres_t};
 use std::os::raw::c_void;
 use std::ptr::{self, NonNull};
@@ -18,7 +22,7 @@ use std::ptr::{self, NonNull};
 #[repr(C)]
 struct Bucket {
     lock: FutexLock,
-    first: *mut ua_pres_t,
+    first: *mut Node,
 }
 
 /// A handle to the table; plain pointers into shm, valid in every process.
@@ -36,11 +40,11 @@ unsafe impl Sync for Table {}
 /// A record block in shm (made by [`RecordData::to_shm`] or found in a
 /// bucket). Read it through [`BucketRef::get`] while its bucket is locked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rec(NonNull<ua_pres_t>);
+pub struct Rec(NonNull<Node>);
 
 impl Rec {
-    /// The C pointer, for handing the record to consumers (callbacks).
-    pub fn as_ptr(self) -> *mut ua_pres_t {
+    /// The block's address (a list link, or tm's callback parameter).
+    pub fn as_ptr(self) -> *mut Node {
         self.0.as_ptr()
     }
 
@@ -49,8 +53,25 @@ impl Rec {
     ///
     /// # Safety
     /// `p` must be null or a block built by [`RecordData::to_shm`].
-    pub unsafe fn from_ptr(p: *mut ua_pres_t) -> Option<Rec> {
+    pub unsafe fn from_ptr(p: *mut Node) -> Option<Rec> {
         NonNull::new(p).map(Rec)
+    }
+
+    /// [`Rec::from_ptr`] for an opaque callback parameter.
+    ///
+    /// # Safety
+    /// As [`Rec::from_ptr`].
+    pub unsafe fn from_void(p: *mut c_void) -> Option<Rec> {
+        NonNull::new(p as *mut Node).map(Rec)
+    }
+
+    /// The record's fields. For a table record, only while its bucket is
+    /// locked; a request block belongs to whoever holds it.
+    ///
+    /// # Safety
+    /// See above: no one may change or free the block meanwhile.
+    pub unsafe fn node<'a>(self) -> &'a Node {
+        &*self.0.as_ptr()
     }
 }
 
@@ -81,9 +102,9 @@ pub struct Ext {
     /// Record: when the in-flight request was sent.
     pub sent_at: u32,
     /// Record: requests waiting for the one in flight (linked by `next`).
-    pub pending: *mut ua_pres_t,
+    pub pending: *mut Node,
     /// Record: a request to send again at `retry_at`.
-    pub retry_req: *mut ua_pres_t,
+    pub retry_req: *mut Node,
 }
 
 impl Default for Ext {
@@ -110,11 +131,137 @@ pub const EXT_HAD_423: u32 = 2;
 /// `Ext::flags`: the record's body is packed (`pack::pack`).
 pub const EXT_BODY_PACKED: u32 = 4;
 
-/// Header of every block: the C struct, then our state.
+/// The string fields of a record, in the order they are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum F {
+    Id = 0,
+    PresUri,
+    OutboundProxy,
+    Etag,
+    TupleId,
+    Body,
+    ContentType,
+    WatcherUri,
+    CallId,
+    ToTag,
+    FromTag,
+    ExtraHeaders,
+    RecordRoute,
+    RemoteContact,
+    Contact,
+}
+const NFIELDS: usize = 15;
+
+/// A record block: `ua_pres_t`'s fixed-size fields (same names), the
+/// engine state, which optional strings are present, then (after the
+/// struct) the strings' lengths as LEB128 varints and their bytes.
 #[repr(C)]
-struct Block {
-    pres: ua_pres_t,
+pub struct Node {
+    pub next: *mut Node,
+    pub cb_param: *mut c_void,
+    pub event: i32,
+    pub expires: u32,
+    pub desired_expires: u32,
+    pub flag: i32,
+    pub db_flag: i32,
+    pub ua_flag: i32,
+    pub cseq: i32,
+    pub version: i32,
     ext: Ext,
+    /// Bit `F as u8`: the optional field is present (`Some`, maybe empty).
+    present: u16,
+    /// Bytes of varints after the struct.
+    lens_len: u16,
+}
+
+impl Node {
+    fn tail(&self) -> *const u8 {
+        // SAFETY: the varints and strings follow the struct in its block.
+        unsafe { (self as *const Node as *const u8).add(std::mem::size_of::<Node>()) }
+    }
+
+    /// A string field (empty when absent).
+    pub fn s(&self, f: F) -> &[u8] {
+        let t = self.tail();
+        let (mut off, mut i, mut pos) = (0usize, 0usize, 0usize);
+        let want = f as usize;
+        let lens_len = self.lens_len as usize;
+        // SAFETY: `lens_len` varints were written by `to_shm`, followed by
+        // the strings whose lengths they give, all inside the block.
+        unsafe {
+            while pos < lens_len {
+                let mut len = 0usize;
+                let mut shift = 0;
+                loop {
+                    let b = *t.add(pos);
+                    pos += 1;
+                    len |= ((b & 0x7f) as usize) << shift;
+                    shift += 7;
+                    if b & 0x80 == 0 {
+                        break;
+                    }
+                }
+                if i == want {
+                    return std::slice::from_raw_parts(t.add(lens_len + off), len);
+                }
+                off += len;
+                i += 1;
+            }
+        }
+        &[]
+    }
+
+    /// An optional string field: `None` when absent.
+    pub fn opt(&self, f: F) -> Option<&[u8]> {
+        (self.present & (1 << f as u8) != 0).then(|| self.s(f))
+    }
+
+    pub fn id(&self) -> &[u8] {
+        self.s(F::Id)
+    }
+    pub fn pres_uri(&self) -> &[u8] {
+        self.s(F::PresUri)
+    }
+    pub fn etag(&self) -> &[u8] {
+        self.s(F::Etag)
+    }
+    pub fn tuple_id(&self) -> &[u8] {
+        self.s(F::TupleId)
+    }
+    pub fn body(&self) -> Option<&[u8]> {
+        self.opt(F::Body)
+    }
+    /// The watcher URI; `None` for a publication.
+    pub fn watcher_uri(&self) -> Option<&[u8]> {
+        self.opt(F::WatcherUri)
+    }
+    /// A subscription record (a watcher URI, even empty, as C's non-NULL pointer).
+    pub fn is_subscription(&self) -> bool {
+        self.watcher_uri().is_some()
+    }
+    pub fn call_id(&self) -> &[u8] {
+        self.s(F::CallId)
+    }
+    pub fn to_tag(&self) -> &[u8] {
+        self.s(F::ToTag)
+    }
+    pub fn from_tag(&self) -> &[u8] {
+        self.s(F::FromTag)
+    }
+    pub fn remote_contact(&self) -> &[u8] {
+        self.s(F::RemoteContact)
+    }
+}
+
+/// Bytes of `v` as a LEB128 varint.
+fn varint_len(mut v: usize) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
 }
 
 /// The owned values of a record, used to build its shm block.
@@ -192,88 +339,113 @@ impl RecordData {
         }
     }
 
-    /// As [`RecordData::from_record`], with the engine state of our block.
+    /// The values of one of our blocks, engine state included.
     pub fn from_rec(r: Rec) -> RecordData {
-        // SAFETY: `Rec`s are blocks built by `to_shm`, strings included.
-        let mut d = unsafe { RecordData::from_record(r.0.as_ref()) };
-        d.ext = *ext_of(r);
-        d
+        // SAFETY: `Rec`s are blocks built by `to_shm`; callers hold the
+        // bucket lock or own the block.
+        let n = unsafe { r.node() };
+        let v = |f: F| n.s(f).to_vec();
+        let o = |f: F| n.opt(f).map(<[u8]>::to_vec);
+        RecordData {
+            id: v(F::Id),
+            pres_uri: v(F::PresUri),
+            event: n.event,
+            expires: n.expires,
+            desired_expires: n.desired_expires,
+            flag: n.flag,
+            db_flag: n.db_flag,
+            cb_param: n.cb_param as usize,
+            ua_flag: n.ua_flag,
+            outbound_proxy: o(F::OutboundProxy),
+            etag: v(F::Etag),
+            tuple_id: v(F::TupleId),
+            body: o(F::Body),
+            content_type: v(F::ContentType),
+            watcher_uri: o(F::WatcherUri),
+            call_id: v(F::CallId),
+            to_tag: v(F::ToTag),
+            from_tag: v(F::FromTag),
+            cseq: n.cseq,
+            version: n.version,
+            extra_headers: o(F::ExtraHeaders),
+            record_route: v(F::RecordRoute),
+            remote_contact: v(F::RemoteContact),
+            contact: v(F::Contact),
+            ext: n.ext,
+        }
     }
 
     /// Builds the record as one shm block; `None` when shm is exhausted.
     pub fn to_shm(&self) -> Option<Rec> {
-        let mut b = BlockBuilder::new(std::mem::size_of::<Block>());
-        let inline = [
-            &self.id,
-            &self.etag,
-            &self.tuple_id,
-            &self.content_type,
-            &self.call_id,
-            &self.to_tag,
-            &self.from_tag,
-            &self.record_route,
-            &self.remote_contact,
-            &self.contact,
+        let empty: &[u8] = &[];
+        let fields: [(Option<&[u8]>, bool); NFIELDS] = [
+            (Some(&self.id), false),
+            (Some(&self.pres_uri), false),
+            (self.outbound_proxy.as_deref(), true),
+            (Some(&self.etag), false),
+            (Some(&self.tuple_id), false),
+            (self.body.as_deref(), true),
+            (Some(&self.content_type), false),
+            (self.watcher_uri.as_deref(), true),
+            (Some(&self.call_id), false),
+            (Some(&self.to_tag), false),
+            (Some(&self.from_tag), false),
+            (self.extra_headers.as_deref(), true),
+            (Some(&self.record_route), false),
+            (Some(&self.remote_contact), false),
+            (Some(&self.contact), false),
         ];
-        let inline_off: Vec<usize> = inline.iter().map(|v| b.reserve_bytes(v.len())).collect();
-        let boxed = [
-            Some(&self.pres_uri),
-            self.outbound_proxy.as_ref(),
-            self.body.as_ref(),
-            self.watcher_uri.as_ref(),
-            self.extra_headers.as_ref(),
-        ];
-        let boxed_off: Vec<Option<usize>> = boxed
-            .iter()
-            .map(|v| v.map(|v| b.reserve_str(v.len())))
-            .collect();
-        let base = shm::alloc_zeroed(b.size())?;
-        let r = base as *mut ua_pres_t;
-        // SAFETY: `base` has room for the struct and every string (BlockBuilder).
+        let mut present = 0u16;
+        let mut lens_len = 0usize;
+        let mut data_len = 0usize;
+        for (i, (v, optional)) in fields.iter().enumerate() {
+            if *optional && v.is_some() {
+                present |= 1 << i;
+            }
+            let l = v.unwrap_or(empty).len();
+            lens_len += varint_len(l);
+            data_len += l;
+        }
+        let lens_len16 = u16::try_from(lens_len).ok()?;
+        let head = std::mem::size_of::<Node>();
+        let base = shm::alloc_zeroed(head + lens_len + data_len)?;
+        let n = base as *mut Node;
+        // SAFETY: `base` has room for the struct, the varints and the bytes.
         unsafe {
-            let s: Vec<str_> = inline
-                .iter()
-                .zip(&inline_off)
-                .map(|(v, off)| shm::write_bytes_at(base, *off, v))
-                .collect();
-            let p: Vec<*mut str_> = boxed
-                .iter()
-                .zip(&boxed_off)
-                .map(|(v, off)| match (v, off) {
-                    (Some(v), Some(off)) => shm::write_str_at(base, *off, v),
-                    _ => ptr::null_mut(),
-                })
-                .collect();
-            r.write(ua_pres_t {
-                id: s[0],
-                pres_uri: p[0],
+            n.write(Node {
+                next: ptr::null_mut(),
+                cb_param: self.cb_param as *mut c_void,
                 event: self.event,
                 expires: self.expires,
                 desired_expires: self.desired_expires,
                 flag: self.flag,
                 db_flag: self.db_flag,
-                cb_param: self.cb_param as *mut c_void,
-                next: ptr::null_mut(),
                 ua_flag: self.ua_flag,
-                outbound_proxy: p[1],
-                etag: s[1],
-                tuple_id: s[2],
-                body: p[2],
-                content_type: s[3],
-                watcher_uri: p[3],
-                call_id: s[4],
-                to_tag: s[5],
-                from_tag: s[6],
                 cseq: self.cseq,
                 version: self.version,
-                extra_headers: p[4],
-                record_route: s[7],
-                remote_contact: s[8],
-                contact: s[9],
+                ext: self.ext,
+                present,
+                lens_len: lens_len16,
             });
-            (*(r as *mut Block)).ext = self.ext;
+            let mut lp = base.add(head);
+            let mut dp = lp.add(lens_len);
+            for (v, _) in fields.iter() {
+                let v = v.unwrap_or(empty);
+                let mut l = v.len();
+                loop {
+                    let b = (l & 0x7f) as u8;
+                    l >>= 7;
+                    *lp = if l > 0 { b | 0x80 } else { b };
+                    lp = lp.add(1);
+                    if l == 0 {
+                        break;
+                    }
+                }
+                ptr::copy_nonoverlapping(v.as_ptr(), dp, v.len());
+                dp = dp.add(v.len());
+            }
         }
-        NonNull::new(r).map(Rec)
+        NonNull::new(n).map(Rec)
     }
 
     /// The bucket key of this record.
@@ -290,9 +462,9 @@ impl RecordData {
 /// whoever holds it (tm's callback parameter).
 #[allow(clippy::mut_from_ref)]
 pub fn ext_of<'a>(r: Rec) -> &'a mut Ext {
-    // SAFETY: every `Rec` is a `Block` (to_shm is the only constructor);
+    // SAFETY: every `Rec` is a `Node` (to_shm is the only constructor);
     // exclusivity is the caller's protocol (bucket lock or ownership).
-    unsafe { &mut (*(r.as_ptr() as *mut Block)).ext }
+    unsafe { &mut (*r.as_ptr()).ext }
 }
 
 /// Frees the request blocks a record holds (its queue and its parked retry).
@@ -405,19 +577,19 @@ impl BucketRef<'_> {
     }
 
     /// Reads a record of this bucket; valid while the bucket stays locked.
-    pub fn get(&self, r: Rec) -> &ua_pres_t {
+    pub fn get(&self, r: Rec) -> &Node {
         // SAFETY: `Rec`s are valid record blocks; the lock keeps them alive.
         unsafe { r.0.as_ref() }
     }
 
     /// Changes fixed-size fields of a record of this bucket in place.
-    pub fn get_mut(&mut self, r: Rec) -> &mut ua_pres_t {
+    pub fn get_mut(&mut self, r: Rec) -> &mut Node {
         // SAFETY: as `get`; the lock makes us the only accessor.
         unsafe { &mut *r.as_ptr() }
     }
 
     /// The first record matching `pred`.
-    pub fn find(&self, pred: impl Fn(&ua_pres_t) -> bool) -> Option<Rec> {
+    pub fn find(&self, pred: impl Fn(&Node) -> bool) -> Option<Rec> {
         self.iter().find(|&r| pred(self.get(r)))
     }
 
@@ -441,10 +613,10 @@ impl BucketRef<'_> {
     }
 
     /// The link that points at `r`, if `r` is in this bucket.
-    fn link_to(&mut self, r: Rec) -> Option<*mut *mut ua_pres_t> {
+    fn link_to(&mut self, r: Rec) -> Option<*mut *mut Node> {
         // SAFETY: bucket locked; we walk the `next` links of valid records.
         unsafe {
-            let mut link: *mut *mut ua_pres_t = ptr::addr_of_mut!((*self.bucket).first);
+            let mut link: *mut *mut Node = ptr::addr_of_mut!((*self.bucket).first);
             while !(*link).is_null() {
                 if *link == r.as_ptr() {
                     return Some(link);
@@ -506,14 +678,7 @@ pub mod dialog {
             return None;
         }
         b.find(|p| {
-            // SAFETY: records in a locked bucket are valid.
-            let (call_id, to_tag, from_tag) = unsafe {
-                (
-                    str_bytes(&p.call_id),
-                    str_bytes(&p.to_tag),
-                    str_bytes(&p.from_tag),
-                )
-            };
+            let (call_id, to_tag, from_tag) = (p.call_id(), p.to_tag(), p.from_tag());
             p.flag & q.flag != 0
                 && !to_tag.is_empty()
                 && call_id == q.call_id.as_slice()
@@ -525,8 +690,7 @@ pub mod dialog {
     /// Temporary (not yet confirmed) dialog of `q` in a locked bucket.
     pub fn temporary(b: &BucketRef<'_>, q: &RecordData) -> Option<Rec> {
         b.find(|p| {
-            // SAFETY: records in a locked bucket are valid.
-            let (call_id, from_tag) = unsafe { (str_bytes(&p.call_id), str_bytes(&p.from_tag)) };
+            let (call_id, from_tag) = (p.call_id(), p.from_tag());
             !call_id.is_empty()
                 && call_id == q.call_id.as_slice()
                 && from_tag == q.from_tag.as_slice()
@@ -551,8 +715,7 @@ pub mod dialog {
         let (p, w) = q.key();
         let b = t.lock(t.bucket_of(p, w));
         let r = confirmed(&b, q).or_else(|| temporary(&b, q))?;
-        // SAFETY: the record's id is valid while the bucket is locked.
-        Some(unsafe { str_bytes(&b.get(r).id) }.to_vec())
+        Some(b.get(r).id().to_vec())
     }
 
     /// `get_subs_list`: the presentity URIs of every record whose id starts
@@ -563,8 +726,7 @@ pub mod dialog {
             let b = t.lock(i);
             for r in b.iter() {
                 let rec = b.get(r);
-                // SAFETY: the record's strings are valid under the bucket lock.
-                let (id, uri) = unsafe { (str_bytes(&rec.id), str_ptr_bytes(rec.pres_uri)) };
+                let (id, uri) = (rec.id(), rec.pres_uri());
                 if !id.is_empty() && id.starts_with(did) && !uri.is_empty() {
                     out.push(uri.to_vec());
                 }
@@ -602,25 +764,43 @@ mod tests {
         let mut d = publ("sip:alice@example.com", "UL_PUBLISH.x");
         d.watcher_uri = Some(b"sip:bob@example.com".to_vec());
         d.outbound_proxy = Some(b"sip:proxy".to_vec());
+        // Long strings: lengths above one varint byte, and above 64 KiB.
         d.extra_headers = Some(vec![b'X'; 5000]);
+        d.body = Some(vec![b'b'; 70_000]);
         d.call_id = b"cid".to_vec();
-        let r = d.to_shm().unwrap().as_ptr();
-        // SAFETY: a fresh valid record.
-        let back = unsafe { RecordData::from_record(&*r) };
-        assert_eq!(back, d);
-        // SAFETY: strings are NUL-terminated for C consumers that print them.
-        unsafe {
-            assert_eq!(*(*(*r).pres_uri).s.add(21), 0);
-            assert!((*r).next.is_null());
-            shm::free(r);
-        }
-        // Absent optional fields stay NULL pointers, as C consumers test them.
-        let r = publ("sip:a@b", "i").to_shm().unwrap().as_ptr();
-        // SAFETY: valid record.
-        unsafe {
-            assert!((*r).watcher_uri.is_null() && (*r).outbound_proxy.is_null());
-            shm::free(r);
-        }
+        d.ext.state = 1;
+        d.ext.gen = 7;
+        let r = d.to_shm().unwrap();
+        assert_eq!(RecordData::from_rec(r), d);
+        // SAFETY: a fresh block we own.
+        let n = unsafe { r.node() };
+        assert!(n.next.is_null());
+        assert_eq!(n.pres_uri(), b"sip:alice@example.com");
+        assert_eq!(n.watcher_uri(), Some(&b"sip:bob@example.com"[..]));
+        assert_eq!(n.body().map(<[u8]>::len), Some(70_000));
+        assert_eq!(n.etag(), b"etag-1");
+        // SAFETY: ours, freed once.
+        unsafe { free_record(r) };
+        // Absent optional fields are None; present but empty ones are Some("").
+        let mut e = publ("sip:a@b", "i");
+        e.body = None;
+        e.content_type.clear();
+        e.extra_headers = Some(Vec::new());
+        let r = e.to_shm().unwrap();
+        // SAFETY: as above.
+        let n = unsafe { r.node() };
+        assert_eq!((n.watcher_uri(), n.body()), (None, None));
+        assert!(!n.is_subscription());
+        assert_eq!(n.opt(F::ExtraHeaders), Some(&b""[..]));
+        assert_eq!(RecordData::from_rec(r), e);
+        // SAFETY: as above.
+        unsafe { free_record(r) };
+        // The compact block is much smaller than a ua_pres_t-based one.
+        assert!(
+            std::mem::size_of::<Node>() <= 104,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
     }
 
     #[test]
@@ -637,18 +817,14 @@ mod tests {
         {
             let mut b = t.lock(i);
             // SAFETY: valid under the lock.
-            let r = b
-                .find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:u7@x")
-                .unwrap();
+            let r = b.find(|p| p.pres_uri() == b"sip:u7@x").unwrap();
             let mut nd = d.clone();
             nd.etag = b"etag-2".to_vec();
             assert!(b.replace(r, nd.to_shm().unwrap()));
             // SAFETY: as above.
-            let r = b
-                .find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:u7@x")
-                .unwrap();
+            let r = b.find(|p| p.pres_uri() == b"sip:u7@x").unwrap();
             // SAFETY: valid under the lock.
-            assert_eq!(unsafe { str_bytes(&b.get(r).etag) }, b"etag-2");
+            assert_eq!(b.get(r).etag(), b"etag-2");
             assert!(b.delete(r));
             assert!(!b.unlink(r));
         }
@@ -689,7 +865,7 @@ mod tests {
         let d = publ("sip:w3u249@x", "ul");
         let b = t.lock(t.bucket_of(&d.pres_uri, None));
         // SAFETY: valid under the lock.
-        let r = b.find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:w3u249@x");
+        let r = b.find(|p| p.pres_uri() == b"sip:w3u249@x");
         assert!(
             r.is_some(),
             "a record inserted by a child is missing in the parent"
@@ -699,7 +875,7 @@ mod tests {
         let c = fork_child(move || {
             let mut b = t.lock(t.bucket_of(b"sip:w0u0@x", None));
             // SAFETY: valid under the lock.
-            match b.find(|p| unsafe { str_ptr_bytes(p.pres_uri) } == b"sip:w0u0@x") {
+            match b.find(|p| p.pres_uri() == b"sip:w0u0@x") {
                 Some(r) if b.delete(r) => 0,
                 _ => 1,
             }

@@ -190,6 +190,13 @@ pub struct MemStore {
     pub no_affected_rows: bool,
     /// Queries run (select, insert, update, delete).
     pub queries: usize,
+    /// `begin` starts a transaction (rows are kept aside until `commit`).
+    pub transactions: bool,
+    /// `commit` fails (the transaction's rows are dropped).
+    pub fail_commit: bool,
+    pub commits: usize,
+    /// Rows count at `begin` (rolled back to on a failed commit).
+    pub txn_mark: Option<usize>,
 }
 
 pub fn own(v: &Val<'_>) -> OwnedVal {
@@ -234,6 +241,24 @@ impl MemStore {
 }
 
 impl Store for MemStore {
+    fn begin(&mut self) -> bool {
+        if self.transactions {
+            self.txn_mark = Some(self.rows.len());
+        }
+        self.transactions
+    }
+    fn commit(&mut self) -> Result<(), DbFail> {
+        self.commits += 1;
+        let mark = self.txn_mark.take();
+        if self.fail_commit {
+            // Inserts only in these tests: dropping the new rows rolls back.
+            if let Some(m) = mark {
+                self.rows.truncate(m);
+            }
+            return Err(DbFail);
+        }
+        Ok(())
+    }
     fn insert(&mut self, cols: &[&'static str], vals: &[Val<'_>]) -> Result<(), DbFail> {
         self.up()?;
         if self.fail_inserts {
