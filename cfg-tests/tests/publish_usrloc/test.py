@@ -54,13 +54,19 @@ def check_open(rs, what, life):
     return r
 
 
+# db_mode 2 runs for ours only: Debian's C module there, on SQLite, loses
+# updates at random to "database is locked" (its workers race on the file
+# and db_sqlite sets no busy timeout; measured in CI: the removal's lookup
+# or the 200's UPDATE fails, the presentity stays), so its outcome is
+# timing-dependent.  Ours waits for the lock (PRAGMA busy_timeout).
 CASES = [
-    ("db_mode=0", ""),
-    ("db_mode=2", 'modparam("pua", "db_mode", 2)'),
+    ("db_mode=0", {"pua": ""}),
+    ("db_mode=2", {"pua": 'modparam("pua", "db_mode", 2)', "variants": ("ours",)}),
 ]
 
 
-def run(t, pua_params):
+def run(t, data):
+    pua_params = data["pua"]
     srv = t.server()
     srv.start()
     k = t.kamailio(subst={"@SERVER_PORT@": str(srv.port), "@PUA_PARAMS@": pua_params})
