@@ -291,10 +291,25 @@ impl Engine {
                 d.ext.state = 1;
                 d.ext.gen = d.ext.gen.wrapping_add(1);
                 d.ext.sent_at = now;
-                let Some(nr) = record_block(&d) else {
-                    return Err(-1);
-                };
-                b.replace(r, nr);
+                if kind != Kind::Modify
+                    && intent.extra_headers.is_none()
+                    && intent.outbound_proxy.is_none()
+                {
+                    // Refresh or removal: no string changes, the record is
+                    // updated in place.
+                    let n = b.get_mut(r);
+                    n.desired_expires = d.desired_expires;
+                    n.db_flag = d.db_flag;
+                    let e = n.ext_mut();
+                    e.state = 1;
+                    e.gen = d.ext.gen;
+                    e.sent_at = now;
+                } else {
+                    let Some(nr) = record_block(&d) else {
+                        return Err(-1);
+                    };
+                    b.replace(r, nr);
+                }
                 let mut req = d;
                 if kind != Kind::Modify {
                     req.body = None;
@@ -399,6 +414,20 @@ impl Engine {
                 .find(|p| same_publication(p, &rd))
                 .filter(|&r| ext_of(r).gen == rd.ext.gen);
             match (&outcome, rec) {
+                (Outcome::Stored { etag, expires }, Some(r))
+                    if b.get_mut(r).set_same_len(crate::table::F::Etag, etag) =>
+                {
+                    // The usual refresh: same etag length, changed in place.
+                    let n = b.get_mut(r);
+                    n.expires = now.saturating_add(*expires);
+                    if n.db_flag & NO_UPDATEDB_FLAG != 0 {
+                        n.db_flag = UPDATEDB_FLAG;
+                    }
+                    let e = n.ext_mut();
+                    e.state = 0;
+                    e.flags &= !EXT_TIMEOUT_LOGGED;
+                    pending = take_pending(e);
+                }
                 (Outcome::Stored { etag, expires }, Some(r)) => {
                     let mut d = RecordData::from_rec(r);
                     d.etag = etag.clone();

@@ -212,6 +212,26 @@ impl Node {
         &[]
     }
 
+    /// Overwrites a string field in place with a value of the same length
+    /// (an etag from the same server usually is); `false` when the
+    /// lengths differ (the caller builds a new block).
+    pub fn set_same_len(&mut self, f: F, v: &[u8]) -> bool {
+        let cur = self.s(f);
+        if cur.len() != v.len() {
+            return false;
+        }
+        let p = cur.as_ptr() as *mut u8;
+        // SAFETY: `p` points at the field's bytes inside our block, which
+        // `&mut self` lets us change; lengths are equal.
+        unsafe { ptr::copy_nonoverlapping(v.as_ptr(), p, v.len()) };
+        true
+    }
+
+    /// The engine state (as [`ext_of`], through the node).
+    pub fn ext_mut(&mut self) -> &mut Ext {
+        &mut self.ext
+    }
+
     /// An optional string field: `None` when absent.
     pub fn opt(&self, f: F) -> Option<&[u8]> {
         (self.present & (1 << f as u8) != 0).then(|| self.s(f))
