@@ -332,35 +332,41 @@ impl Engine {
         if ext_of(req).kind >= crate::subscribe::SUB_INITIAL {
             return self.send_sub_req(host, req);
         }
-        let d = RecordData::from_rec(req);
-        let kind = Kind::from_u32(d.ext.kind).unwrap_or(Kind::Refresh);
-        let Some(ev) = events::by_flag(d.event) else {
-            lm_err!("event {} vanished", d.event);
+        // SAFETY: the request block is ours until `host.send` succeeds; the
+        // slices borrowed from it are used only during that call.
+        let n = unsafe { req.node() };
+        let e = ext_of(req);
+        let (kind, asked) = (Kind::from_u32(e.kind).unwrap_or(Kind::Refresh), e.asked);
+        let Some(ev) = events::by_flag(n.event) else {
+            lm_err!("event {} vanished", n.event);
+            let d = RecordData::from_rec(req);
             self.abandon(host, req, &d);
             return -1;
         };
-        let ct = d.body.as_ref().map(|_| {
-            if d.content_type.is_empty() {
-                ev.content_type().to_vec()
+        let body = n.body();
+        let ct = body.map(|_| {
+            let c = n.s(crate::table::F::ContentType);
+            if c.is_empty() {
+                ev.content_type()
             } else {
-                d.content_type.clone()
+                c
             }
         });
-        let etag = (kind != Kind::Initial).then_some(d.etag.as_slice());
+        let etag = (kind != Kind::Initial).then_some(n.etag());
         let headers = publish::build_headers(
             ev.name_bytes(),
-            d.ext.asked,
+            asked,
             etag,
-            ct.as_deref(),
-            d.extra_headers.as_deref(),
+            ct,
+            n.opt(crate::table::F::ExtraHeaders),
         );
-        let next_hop = d
-            .outbound_proxy
-            .as_deref()
+        let next_hop = n
+            .opt(crate::table::F::OutboundProxy)
             .or(self.cfg.outbound_proxy.as_deref());
-        match host.send(req, &headers, d.body.as_deref(), next_hop) {
+        match host.send(req, &headers, body, next_hop) {
             Ok(()) => 0,
             Err(SendError) => {
+                let d = RecordData::from_rec(req);
                 lm_err!(
                     "cannot send PUBLISH for {}",
                     String::from_utf8_lossy(&d.pres_uri)

@@ -57,25 +57,45 @@ fn index(c: u8) -> Option<usize> {
     }
 }
 
+/// The dictionary entries by their first byte, in dictionary order.
+fn by_first_byte() -> &'static [Vec<u8>; 256] {
+    static LISTS: std::sync::OnceLock<[Vec<u8>; 256]> = std::sync::OnceLock::new();
+    LISTS.get_or_init(|| {
+        let mut l: [Vec<u8>; 256] = std::array::from_fn(|_| Vec::new());
+        for (k, w) in DICT.iter().enumerate() {
+            l[w[0] as usize].push(k as u8);
+        }
+        l
+    })
+}
+
 /// Packs `body`; `None` when it cannot be packed (it holds a code byte) or
 /// would not get smaller.
 pub fn pack(body: &[u8]) -> Option<Vec<u8>> {
-    if body.iter().any(|&c| index(c).is_some()) {
-        return None;
-    }
+    let lists = by_first_byte();
     let mut out = Vec::with_capacity(body.len() / 2);
     let mut i = 0;
     'outer: while i < body.len() {
-        if matches!(body[i], b'<' | b' ' | b'u' | b'\n' | b'e') {
-            for (k, w) in DICT.iter().enumerate() {
-                if body[i..].starts_with(w) {
-                    out.push(code(k));
+        let rest = &body[i..];
+        let cands = &lists[rest[0] as usize];
+        if !cands.is_empty() {
+            // Every entry is at least 2 bytes: check the second byte before
+            // comparing the whole entry.
+            let second = rest.get(1).copied();
+            for &k in cands {
+                let w = DICT[k as usize];
+                if Some(w[1]) == second && rest.starts_with(w) {
+                    out.push(code(k as usize));
                     i += w.len();
                     continue 'outer;
                 }
             }
         }
-        out.push(body[i]);
+        if rest[0] < 0x20 && index(rest[0]).is_some() {
+            // Holds a code byte: kept as it is.
+            return None;
+        }
+        out.push(rest[0]);
         i += 1;
     }
     (out.len() < body.len()).then_some(out)
@@ -106,6 +126,11 @@ mod tests {
         assert_eq!(unpack(&p), USRLOC);
         let dlg = b"<?xml version=\"1.0\"?>\n<dialog-info xmlns=\"urn:ietf:params:xml:ns:dialog-info\" version=\"3\" state=\"full\" entity=\"sip:a@b\">\n  <dialog id=\"x\" direction=\"initiator\">\n    <state>confirmed</state>\n  </dialog>\n</dialog-info>\n";
         assert_eq!(unpack(&pack(dlg).unwrap()), dlg);
+    }
+
+    #[test]
+    fn entries_are_long_enough_for_the_prefilter() {
+        assert!(DICT.iter().all(|w| w.len() >= 2));
     }
 
     #[test]

@@ -89,9 +89,13 @@ pub fn build_headers(
             + content_type.map_or(0, <[u8]>::len)
             + extra_headers.map_or(0, <[u8]>::len),
     );
-    h.extend_from_slice(format!("Max-Forwards: {MAX_FORWARDS}\r\nEvent: ").as_bytes());
+    h.extend_from_slice(b"Max-Forwards: ");
+    push_decimal(&mut h, MAX_FORWARDS);
+    h.extend_from_slice(b"\r\nEvent: ");
     h.extend_from_slice(event);
-    h.extend_from_slice(format!("\r\nExpires: {expires}\r\n").as_bytes());
+    h.extend_from_slice(b"\r\nExpires: ");
+    push_decimal(&mut h, expires);
+    h.extend_from_slice(b"\r\n");
     if let Some(e) = etag {
         h.extend_from_slice(b"SIP-If-Match: ");
         h.extend_from_slice(e);
@@ -109,6 +113,21 @@ pub fn build_headers(
         }
     }
     h
+}
+
+/// Appends `v` in decimal (no `format!` on the hot path).
+pub fn push_decimal(h: &mut Vec<u8>, mut v: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    h.extend_from_slice(&buf[i..]);
 }
 
 /// Parses a delta-seconds header value (Expires, Min-Expires, Retry-After's
