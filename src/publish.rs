@@ -94,6 +94,10 @@ impl Host for KamHost {
         Msg(FAKED_REPLY)
     }
 
+    fn has_callbacks(&self, flag: i32) -> bool {
+        callbacks::any_for(flag)
+    }
+
     fn with_store(&self, f: &mut dyn FnMut(&mut dyn pua_core::persist::Store)) {
         crate::kam::db::with_process_conn(|c| f(c));
     }

@@ -33,7 +33,6 @@ pub unsafe fn reply_info(msg: *mut sip_msg, code: i32) -> ReplyInfo {
     let mut h = (*msg).headers;
     while !h.is_null() {
         let name = str_bytes(&(*h).name);
-        let body = str_bytes(&(*h).body).to_vec();
         let slot = if name.eq_ignore_ascii_case(b"Expires") {
             Some(&mut info.expires)
         } else if name.eq_ignore_ascii_case(b"SIP-ETag") {
@@ -47,7 +46,7 @@ pub unsafe fn reply_info(msg: *mut sip_msg, code: i32) -> ReplyInfo {
         };
         if let Some(slot) = slot {
             if slot.is_none() {
-                *slot = Some(body);
+                *slot = Some(str_bytes(&(*h).body).to_vec());
             }
         }
         h = (*h).next;

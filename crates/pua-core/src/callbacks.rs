@@ -93,6 +93,23 @@ pub unsafe fn run(hentity: *mut ua_pres_t, msg: *mut sip_msg) -> usize {
     n
 }
 
+/// Whether any registered callback is for one of the flags in `flag` (so
+/// that a caller can skip building the record it would hand them).
+pub fn any_for(flag: i32) -> bool {
+    let Some(head) = head() else { return false };
+    let mut p = head.first.load(Ordering::Acquire);
+    // SAFETY: nodes are only prepended, fully written, and freed at destroy.
+    unsafe {
+        while !p.is_null() {
+            if (*p).types & flag != 0 {
+                return true;
+            }
+            p = (*p).next;
+        }
+    }
+    false
+}
+
 /// Number of registered callbacks (diagnostics).
 pub fn count() -> usize {
     let Some(head) = head() else { return 0 };

@@ -64,6 +64,12 @@ pub trait Host {
     /// Runs the consumer callbacks for `hentity` (a copy of the request)
     /// with `msg` (a reply, or tm's FAKED_REPLY).
     fn run_callbacks(&self, hentity: &RecordData, msg: Msg);
+    /// Whether any consumer callback is registered for one of `flag`'s
+    /// bits (else the engine does not build the record for them).
+    fn has_callbacks(&self, flag: i32) -> bool {
+        let _ = flag;
+        true
+    }
     /// The FAKED_REPLY value to hand to callbacks when there is no usable reply.
     fn faked_reply(&self) -> Msg;
     /// Runs the event's body processor: (new body, tuple id for a record without one).
@@ -405,7 +411,8 @@ impl Engine {
     /// The reply to request `req` (`reply` None: tm's FAKED_REPLY).
     pub fn on_reply(&self, host: &dyn Host, req: Rec, reply: Option<&ReplyInfo>, msg: Msg) {
         let now = host.now();
-        let rd = RecordData::from_rec(req);
+        // The identity and scalars; the whole request only for callbacks.
+        let rd = RecordData::key_of(req);
         let kind = Kind::from_u32(rd.ext.kind).unwrap_or(Kind::Refresh);
         let outcome = classify(reply, kind, rd.ext.retries, rd.ext.flags & EXT_HAD_423 != 0);
         let mut final_reply = true;
@@ -583,8 +590,8 @@ impl Engine {
                 }
             }
         }
-        if final_reply && rd.ua_flag == REQ_OTHER {
-            host.run_callbacks(&rd, cb_msg);
+        if final_reply && rd.ua_flag == REQ_OTHER && host.has_callbacks(rd.flag) {
+            host.run_callbacks(&RecordData::from_rec(req), cb_msg);
         }
         if demote {
             // The consumer has had its answer; the retry is our own.

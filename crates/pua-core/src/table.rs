@@ -395,6 +395,30 @@ impl RecordData {
         }
     }
 
+    /// Only what identifies a block's record and the scalars of the block
+    /// (no body or other strings copied): for the reply path, which needs
+    /// the whole record only when consumer callbacks run.
+    pub fn key_of(r: Rec) -> RecordData {
+        // SAFETY: as `from_rec`.
+        let n = unsafe { r.node() };
+        RecordData {
+            id: n.id().to_vec(),
+            pres_uri: n.pres_uri().to_vec(),
+            watcher_uri: n.watcher_uri().map(<[u8]>::to_vec),
+            event: n.event,
+            expires: n.expires,
+            desired_expires: n.desired_expires,
+            flag: n.flag,
+            db_flag: n.db_flag,
+            cb_param: n.cb_param as usize,
+            ua_flag: n.ua_flag,
+            cseq: n.cseq,
+            version: n.version,
+            ext: n.ext,
+            ..Default::default()
+        }
+    }
+
     /// Builds the record as one shm block; `None` when shm is exhausted.
     pub fn to_shm(&self) -> Option<Rec> {
         let empty: &[u8] = &[];
