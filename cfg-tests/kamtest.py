@@ -171,6 +171,36 @@ def pgroup_members(pgid):
     return sorted(out)
 
 
+def stop_process_group(proc, sig, timeout, grace):
+    """Stops a process started with start_new_session (its PID is its
+    process group): `sig` to the PID, wait up to timeout s, give the rest of
+    the group `grace` s to exit with it, then SIGKILL the group; every wait
+    bounded.  Returns the exit status (None if it could not be reaped)."""
+    pgid = proc.pid
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    deadline = time.monotonic() + grace
+    while pgroup_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pgroup_members(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    return proc.returncode
+
+
 class Kamailio:
     """One Kamailio instance built from a cfg template, run in the foreground
     (-DD: the started process is the main process; children fork from it),
@@ -324,31 +354,9 @@ class Kamailio:
         Returns the main process's exit status."""
         if self.proc is None:
             return None
-        pgid = self.pid   # started with start_new_session: pgid == pid
         try:
-            if self.proc.poll() is None:
-                try:
-                    os.kill(self.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    self.proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            # Children normally exit with the main process; give them a
-            # moment, then kill what is left of the group.
-            deadline = time.monotonic() + 3.0
-            while pgroup_members(pgid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if pgroup_members(pgid):
-                try:
-                    os.killpg(pgid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+            # Children normally exit with the main process: 3 s for them.
+            stop_process_group(self.proc, signal.SIGTERM, timeout, 3.0)
             self.returncode = self.proc.returncode
         finally:
             _running.discard(self)

@@ -43,7 +43,7 @@ import tempfile
 import time
 
 import kamtest
-from kamtest import TestFailure, free_udp_port, pgroup_members
+from kamtest import TestFailure, free_udp_port
 
 SCHEMA_DIR = "/usr/share/kamailio/postgres"
 SCHEMAS = ("standard", "presence")
@@ -234,29 +234,8 @@ class PgSQL:
         group.  Returns the postmaster's exit status."""
         if self.proc is None:
             return None
-        pgid = self.pid
         try:
-            if self.proc.poll() is None:
-                try:
-                    os.kill(self.pid, signal.SIGINT)
-                except ProcessLookupError:
-                    pass
-                try:
-                    self.proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            deadline = time.monotonic() + 2.0
-            while pgroup_members(pgid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if pgroup_members(pgid):
-                try:
-                    os.killpg(pgid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+            kamtest.stop_process_group(self.proc, signal.SIGINT, timeout, 2.0)
             self.returncode = self.proc.returncode
         finally:
             kamtest._running.discard(self)
