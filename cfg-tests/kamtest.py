@@ -40,6 +40,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 
 KAMAILIO = "/usr/sbin/kamailio"
@@ -233,6 +234,8 @@ class Kamailio:
         self.pid = None
         self.returncode = None
         self._log_f = None
+        self._reader = None          # see _pin_reader()
+        self._reader_lock = threading.Lock()
 
     # --- preparation -----------------------------------------------------
     def _render(self):
@@ -281,11 +284,43 @@ class Kamailio:
             # must not change the code under a running Kamailio.
             shutil.copy2(self.pua_so, os.path.join(self.mods_dir, "pua.so"))
         if self.schemas is not None:
+            self._unpin_reader()
             create_db(self.db_path, self.schemas, self.extra_sql)
+            self._pin_reader()
         with open(self.cfg_path, "w") as f:
             f.write(self._render())
         if os.path.exists(self.ctl_sock):
             os.unlink(self.ctl_sock)
+
+    def _pin_reader(self):
+        """For a WAL db: one connection, opened before Kamailio starts and
+        kept until stop(), that the test's reads (sql()) go through.  In WAL
+        mode an open connection holds a shared lock on the db file, so no
+        other connection is ever the last one: the last one to close takes
+        an exclusive lock to checkpoint and delete the WAL, and the first
+        one to open runs recovery under an exclusive lock.  With short
+        reader connections either moment could meet Kamailio's first write
+        and fail it with "database is locked" at once (db_sqlite sets no
+        busy timeout; seen in CI as a presence server answering a PUBLISH
+        with 500)."""
+        con = sqlite3.connect(self.db_path, timeout=5.0, check_same_thread=False,
+                              isolation_level=None)
+        try:
+            mode = con.execute("PRAGMA journal_mode").fetchone()[0]
+            con.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        except Exception:
+            con.close()
+            raise
+        if str(mode).lower() == "wal":
+            self._reader = con
+        else:
+            con.close()
+
+    def _unpin_reader(self):
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     # --- process control -------------------------------------------------
     def spawn(self):
@@ -360,6 +395,7 @@ class Kamailio:
             self.returncode = self.proc.returncode
         finally:
             _running.discard(self)
+            self._unpin_reader()
             if self._log_f:
                 self._log_f.close()
                 self._log_f = None
@@ -438,6 +474,11 @@ class Kamailio:
         runs: short connection, busy timeout).  A reader holds a shared lock
         while it reads, so Kamailio's writes to a db in the default rollback
         journal mode may fail meanwhile: servers use WAL (see server())."""
+        with self._reader_lock:
+            if self._reader is not None:
+                cur = self._reader.execute(query, args)
+                cols = [d[0] for d in cur.description or ()]
+                return [dict(zip(cols, r)) for r in cur.fetchall()]
         con = sqlite3.connect(self.db_path, timeout=timeout)
         try:
             con.row_factory = sqlite3.Row
