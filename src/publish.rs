@@ -261,8 +261,14 @@ unsafe extern "C" fn publ_cback(_t: *mut cell, _type: c_int, ps: *mut tmcb_param
             return;
         };
         let info = if sipmsg::is_real(msg) {
+            // Whether consumer callbacks will see the reply (as the engine
+            // decides in on_reply): they may read headers Kamailio parsed.
+            // SAFETY: the request block is ours until on_reply frees it.
+            let n = unsafe { req.node() };
+            let for_consumers =
+                n.ua_flag == pua_core::flags::REQ_OTHER && callbacks::any_for(n.flag);
             // SAFETY: a real reply owned by tm during the callback.
-            Some(unsafe { sipmsg::reply_info(msg, code) })
+            Some(unsafe { sipmsg::reply_info_for(msg, code, for_consumers) })
         } else {
             None
         };

@@ -21,6 +21,24 @@ pub fn is_real(msg: *mut sip_msg) -> bool {
 /// # Safety
 /// `msg` must be a real reply (see [`is_real`]) owned by tm for the call.
 pub unsafe fn reply_info(msg: *mut sip_msg, code: i32) -> ReplyInfo {
+    reply_info_for(msg, code, true)
+}
+
+/// As [`reply_info`]; with `for_consumers` false (no consumer callback will
+/// see the reply) the four headers are read from the message bytes
+/// ([`pua_core::publish::scan_reply_headers`]) instead of running
+/// Kamailio's parser over every header; a header section that scan does not
+/// accept still goes through Kamailio's parser.
+///
+/// # Safety
+/// As [`reply_info`].
+pub unsafe fn reply_info_for(msg: *mut sip_msg, code: i32, for_consumers: bool) -> ReplyInfo {
+    if !for_consumers && !(*msg).buf.is_null() {
+        let buf = std::slice::from_raw_parts((*msg).buf as *const u8, (*msg).len as usize);
+        if let Some(info) = pua_core::publish::scan_reply_headers(code.max(0) as u32, buf) {
+            return info;
+        }
+    }
     let mut info = ReplyInfo {
         code: code.max(0) as u32,
         ..Default::default()
@@ -32,23 +50,7 @@ pub unsafe fn reply_info(msg: *mut sip_msg, code: i32) -> ReplyInfo {
     }
     let mut h = (*msg).headers;
     while !h.is_null() {
-        let name = str_bytes(&(*h).name);
-        let slot = if name.eq_ignore_ascii_case(b"Expires") {
-            Some(&mut info.expires)
-        } else if name.eq_ignore_ascii_case(b"SIP-ETag") {
-            Some(&mut info.etag)
-        } else if name.eq_ignore_ascii_case(b"Min-Expires") {
-            Some(&mut info.min_expires)
-        } else if name.eq_ignore_ascii_case(b"Retry-After") {
-            Some(&mut info.retry_after)
-        } else {
-            None
-        };
-        if let Some(slot) = slot {
-            if slot.is_none() {
-                *slot = Some(str_bytes(&(*h).body).to_vec());
-            }
-        }
+        info.offer(str_bytes(&(*h).name), str_bytes(&(*h).body));
         h = (*h).next;
     }
     if info.expires.is_some() && shim::pua_shim_parse_expires((*msg).expires) < 0 {

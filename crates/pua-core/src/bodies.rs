@@ -268,7 +268,23 @@ pub fn generate_tuple_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    format!("pua{:x}-{:x}-{:x}", std::process::id(), nanos, n)
+    let mut out = String::with_capacity(48);
+    out.push_str("pua");
+    push_hex(&mut out, u64::from(std::process::id()));
+    out.push('-');
+    push_hex(&mut out, nanos);
+    out.push('-');
+    push_hex(&mut out, n);
+    out
+}
+
+/// Appends `v` in lower-case hex without leading zeros (as `{:x}`).
+fn push_hex(out: &mut String, v: u64) {
+    let digits = (64 - (v | 1).leading_zeros()).div_ceil(4);
+    for i in (0..digits).rev() {
+        let d = ((v >> (i * 4)) & 0xf) as u8;
+        out.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
+    }
 }
 
 /// A parsed libxml2 document, freed on drop.
@@ -894,10 +910,9 @@ fn presence_fast(body: &[u8], stored: Option<&[u8]>) -> Option<Processed<'static
     let mut r = quick_xml::Reader::from_reader(body);
     r.config_mut().check_end_names = true;
     r.config_mut().check_comments = true;
-    let local = |n: &[u8]| -> Vec<u8> {
-        let n = n.rsplit(|&c| c == b':').next().unwrap_or(n);
-        n.to_ascii_lowercase()
-    };
+    fn local(n: &[u8]) -> &[u8] {
+        n.rsplit(|&c| c == b':').next().unwrap_or(n)
+    }
     // (start offset of the tuple's tag, its name length, its id)
     let mut tuple: Option<(usize, usize, Option<Vec<u8>>)> = None;
     let mut person_seen = false;
@@ -923,23 +938,42 @@ fn presence_fast(body: &[u8], stored: Option<&[u8]>) -> Option<Processed<'static
                 }
                 let name = e.name();
                 let lname = local(name.as_ref());
-                let mut id = None;
-                for a in e.attributes() {
+                let is_tuple = lname.eq_ignore_ascii_case(b"tuple") && tuple.is_none();
+                let is_person = lname.eq_ignore_ascii_case(b"person") && !person_seen;
+                // Every element's attributes are parsed (well-formedness);
+                // duplicates are checked here on a few keys kept on the
+                // stack (quick_xml's own check allocates per element).
+                let mut keys: [&[u8]; 8] = [&[]; 8];
+                let mut id: Option<&[u8]> = None;
+                for (nkeys, a) in e.attributes().with_checks(false).enumerate() {
                     let a = a.ok()?;
-                    if a.key.as_ref().eq_ignore_ascii_case(b"id") {
-                        if a.value.contains(&b'&') {
+                    // The key borrows `body` (quick_xml reads from the slice).
+                    let key: &[u8] = a.key.into_inner();
+                    if key.is_empty() {
+                        return None;
+                    }
+                    if nkeys == keys.len() || keys[..nkeys].contains(&key) {
+                        return None; // many attributes or a duplicate: libxml2 decides
+                    }
+                    keys[nkeys] = key;
+                    if (is_tuple || is_person) && key.eq_ignore_ascii_case(b"id") {
+                        let std::borrow::Cow::Borrowed(v) = a.value else {
+                            return None;
+                        };
+                        if v.contains(&b'&') {
                             return None; // entity references: let libxml2 decode them
                         }
-                        id = Some(a.value.to_vec());
+                        id = Some(v);
                     }
                 }
-                if lname == b"tuple" && tuple.is_none() {
+                let id = id.map(<[u8]>::to_vec);
+                if is_tuple {
                     // `<` then the name: an attribute goes right after it.
                     if body.get(at) != Some(&b'<') {
                         return None;
                     }
                     tuple = Some((at, name.as_ref().len(), id.filter(|v| !v.is_empty())));
-                } else if lname == b"person" && !person_seen {
+                } else if is_person {
                     person_seen = true;
                     if id.is_none_or(|v| v.is_empty()) {
                         return None; // C gives it the tuple's id: the libxml2 path does that
@@ -999,6 +1033,54 @@ fn presence_fast(body: &[u8], stored: Option<&[u8]>) -> Option<Processed<'static
 #[cfg(test)]
 mod fast_tests {
     use super::*;
+
+    #[test]
+    fn duplicate_attributes_are_not_well_formed() {
+        for dup in [
+            USRLOC.replace("<tuple>", "<tuple id=\"a\" id=\"b\">"),
+            USRLOC.replace("<status>", "<status x=\"1\" y=\"2\" x=\"3\">"),
+        ] {
+            assert!(presence_fast(dup.as_bytes(), None).is_none(), "{dup}");
+            assert!(
+                presence(dup.as_bytes(), None).is_err(),
+                "libxml2 refuses it: {dup}"
+            );
+        }
+        // Many distinct attributes: the libxml2 path, same result.
+        let many = USRLOC.replace(
+            "<status>",
+            "<status a=\"1\" b=\"1\" c=\"1\" d=\"1\" e=\"1\" f=\"1\" g=\"1\" h=\"1\" i=\"1\">",
+        );
+        assert!(presence_fast(many.as_bytes(), Some(b"t")).is_none());
+        assert!(presence(many.as_bytes(), Some(b"t")).is_ok());
+    }
+
+    #[test]
+    fn hex_as_format() {
+        for v in [
+            0u64,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            0xdead_beef,
+            u64::MAX,
+            1 << 63,
+        ] {
+            let mut s = String::new();
+            push_hex(&mut s, v);
+            assert_eq!(s, format!("{v:x}"));
+        }
+        let id = generate_tuple_id();
+        assert!(
+            id.starts_with(&format!("pua{:x}-", std::process::id())),
+            "{id}"
+        );
+        assert_eq!(id.split('-').count(), 3);
+    }
 
     const USRLOC: &str = "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" entity=\"sip:alice@example.com\">\n  <tuple>\n    <status>\n      <basic>open</basic>\n    </status>\n  </tuple>\n</presence>\n";
 

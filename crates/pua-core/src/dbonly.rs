@@ -127,13 +127,14 @@ impl Engine {
             return Ok(());
         }
         let bucket = self.table.bucket_of(&q.pres_uri, None);
+        let qh = crate::hash::uri_hash(&q.pres_uri);
         let here = |b: &crate::table::BucketRef<'_>| {
             b.find(|p| {
                 // SAFETY: valid under the lock.
                 !p.is_subscription()
                     && p.flag & q.flag != 0
                     && p.event & q.event != 0
-                    && p.pres_uri() == q.pres_uri.as_slice()
+                    && p.uri_is(qh, &q.pres_uri)
                     && (q.id.is_empty() || p.id() == q.id.as_slice())
             })
             .is_some()
@@ -195,13 +196,14 @@ impl Engine {
             return Ok(());
         };
         let bucket = self.table.bucket_of(&q.pres_uri, Some(w));
+        let qh = crate::hash::uri_hash(&q.pres_uri);
         let here = |b: &crate::table::BucketRef<'_>| {
             b.find(|p| {
                 // SAFETY: valid under the lock.
                 p.is_subscription()
                     && p.flag & q.flag != 0
                     && p.event & q.event != 0
-                    && p.pres_uri() == q.pres_uri.as_slice()
+                    && p.uri_is(qh, &q.pres_uri)
                     && p.watcher_uri().unwrap_or_default() == w
                     && (q.id.is_empty() || p.id() == q.id.as_slice())
             })

@@ -21,7 +21,7 @@ use crate::publish::{self, classify, Kind, Outcome, ReplyInfo};
 use crate::sys::sip_msg;
 use crate::table::{
     ext_of, free_record, BucketRef, Node, Rec, RecordData, Table, EXT_BODY_PACKED, EXT_HAD_423,
-    EXT_TIMEOUT_LOGGED,
+    EXT_RETRY_TIMEOUT, EXT_TIMEOUT_LOGGED,
 };
 use crate::{lm_dbg, lm_err, lm_info, lm_warn};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -133,13 +133,13 @@ pub struct PassStats {
 }
 
 /// A publication record's identity: what `search_htable` compares.
-fn same_publication(p: &Node, q: &RecordData) -> bool {
-    let (uri, id, watcher) = (p.pres_uri(), p.id(), p.watcher_uri().unwrap_or_default());
+/// `qh` is `crate::hash::uri_hash(&q.pres_uri)`.
+fn same_publication(p: &Node, q: &RecordData, qh: u32) -> bool {
     p.flag & q.flag != 0
         && p.event & q.event != 0
-        && watcher.is_empty()
-        && uri == q.pres_uri.as_slice()
-        && (q.id.is_empty() || id == q.id.as_slice())
+        && p.uri_is(qh, &q.pres_uri)
+        && p.watcher_uri().unwrap_or_default().is_empty()
+        && (q.id.is_empty() || p.id() == q.id.as_slice())
 }
 
 impl Engine {
@@ -157,9 +157,10 @@ impl Engine {
     }
 
     fn find(b: &BucketRef<'_>, q: &RecordData, etag: Option<&[u8]>) -> Option<Rec> {
+        let qh = crate::hash::uri_hash(&q.pres_uri);
         b.find(|p| {
             // SAFETY: valid under the lock.
-            same_publication(p, q) && etag.is_none_or(|e| p.etag() == e)
+            same_publication(p, q, qh) && etag.is_none_or(|e| p.etag() == e)
         })
     }
 
@@ -199,6 +200,9 @@ impl Engine {
             lm_dbg!("send_publish: no publication with the given etag");
             return Err(ERR_WRONG_ETAG);
         }
+        if let Some(r) = rec {
+            self.unpark_timed_out(&b, r);
+        }
         match rec {
             Some(r) if ext_of(r).state != 0 => {
                 // One request in flight per publication (RFC 3903 4.1).
@@ -211,7 +215,7 @@ impl Engine {
                 // between, so it is matched by identity then.
                 queued.etag.clear();
                 let Some(q) = queued.to_shm() else {
-                    return Err(-1);
+                    return Err(out_of_shm(&queued.pres_uri));
                 };
                 enqueue(ext_of(r), q);
                 lm_dbg!("send_publish: a request is in flight; queued");
@@ -243,10 +247,9 @@ impl Engine {
                 d.ext.gen = 1;
                 d.ext.sent_at = now;
                 let (ua_flag, cb_param) = (d.ua_flag, d.cb_param);
-                let Some(r) = record_block(&d) else {
-                    return Err(-1);
+                let Some(r) = record_block(&mut d) else {
+                    return Err(out_of_shm(&d.pres_uri));
                 };
-                b.push(r);
                 let mut req = d;
                 req.ua_flag = ua_flag;
                 req.cb_param = cb_param;
@@ -254,10 +257,15 @@ impl Engine {
                 req.ext.kind = Kind::Initial as u32;
                 req.ext.asked = asked;
                 req.ext.gen = 1;
-                req.to_shm().map(Some).ok_or(-1)
+                let Some(q) = req.to_shm() else {
+                    // SAFETY: never linked; ours.
+                    unsafe { free_record(r) };
+                    return Err(out_of_shm(&req.pres_uri));
+                };
+                b.push(r);
+                Ok(Some(q))
             }
             Some(r) => {
-                let mut d = RecordData::from_rec(r);
                 let kind = if intent.ext.asked == 0 {
                     Kind::Remove
                 } else if intent.body.is_some() {
@@ -265,6 +273,44 @@ impl Engine {
                 } else {
                     Kind::Refresh
                 };
+                if kind != Kind::Modify
+                    && intent.extra_headers.is_none()
+                    && intent.outbound_proxy.is_none()
+                {
+                    // Refresh or removal: no string of the record changes,
+                    // it is updated in place, and the request is the
+                    // record's block without the body (no heap copies).
+                    let Some(req) = b.get(r).rebuild(&[(crate::table::F::Body, None)]) else {
+                        return Err(out_of_shm(&intent.pres_uri));
+                    };
+                    let n = b.get_mut(r);
+                    if kind != Kind::Remove {
+                        n.desired_expires = intent.desired_expires;
+                    }
+                    if n.db_flag & NO_UPDATEDB_FLAG != 0 {
+                        n.db_flag = UPDATEDB_FLAG;
+                    }
+                    let (desired, db_flag) = (n.desired_expires, n.db_flag);
+                    let e = n.ext_mut();
+                    e.state = 1;
+                    e.gen = e.gen.wrapping_add(1);
+                    e.sent_at = now;
+                    let gen = e.gen;
+                    // SAFETY: the fresh request block is ours.
+                    let q = unsafe { &mut *req.as_ptr() };
+                    q.desired_expires = desired;
+                    q.db_flag = db_flag;
+                    q.ua_flag = intent.ua_flag;
+                    q.cb_param = intent.cb_param as *mut std::ffi::c_void;
+                    *q.ext_mut() = crate::table::Ext {
+                        kind: kind as u32,
+                        asked: intent.ext.asked,
+                        gen,
+                        ..Default::default()
+                    };
+                    return Ok(Some(req));
+                }
+                let mut d = RecordData::from_rec(r);
                 if let (Kind::Modify, Some(body)) = (kind, intent.body.as_deref()) {
                     let ver = d.version.wrapping_add(1);
                     let stored = (!d.tuple_id.is_empty()).then_some(d.tuple_id.as_slice());
@@ -297,25 +343,9 @@ impl Engine {
                 d.ext.state = 1;
                 d.ext.gen = d.ext.gen.wrapping_add(1);
                 d.ext.sent_at = now;
-                if kind != Kind::Modify
-                    && intent.extra_headers.is_none()
-                    && intent.outbound_proxy.is_none()
-                {
-                    // Refresh or removal: no string changes, the record is
-                    // updated in place.
-                    let n = b.get_mut(r);
-                    n.desired_expires = d.desired_expires;
-                    n.db_flag = d.db_flag;
-                    let e = n.ext_mut();
-                    e.state = 1;
-                    e.gen = d.ext.gen;
-                    e.sent_at = now;
-                } else {
-                    let Some(nr) = record_block(&d) else {
-                        return Err(-1);
-                    };
-                    b.replace(r, nr);
-                }
+                let Some(nr) = record_block(&mut d) else {
+                    return Err(out_of_shm(&d.pres_uri));
+                };
                 let mut req = d;
                 if kind != Kind::Modify {
                     req.body = None;
@@ -327,7 +357,14 @@ impl Engine {
                 req.ext.kind = kind as u32;
                 req.ext.asked = intent.ext.asked;
                 req.ext.gen = gen;
-                req.to_shm().map(Some).ok_or(-1)
+                let Some(q) = req.to_shm() else {
+                    // SAFETY: never linked; ours.
+                    unsafe { free_record(nr) };
+                    return Err(out_of_shm(&req.pres_uri));
+                };
+                // The record changes only once its request exists.
+                b.replace(r, nr);
+                Ok(Some(q))
             }
         }
     }
@@ -388,7 +425,7 @@ impl Engine {
         let pending = {
             let mut b = self.bucket(&d.pres_uri);
             match b
-                .find(|p| same_publication(p, d))
+                .find(|p| same_publication(p, d, crate::hash::uri_hash(&d.pres_uri)))
                 .filter(|&r| ext_of(r).gen == d.ext.gen)
             {
                 Some(r) if d.ext.kind == Kind::Initial as u32 && b.get(r).etag().is_empty() => {
@@ -424,7 +461,7 @@ impl Engine {
         {
             let mut b = self.bucket(&rd.pres_uri);
             let rec = b
-                .find(|p| same_publication(p, &rd))
+                .find(|p| same_publication(p, &rd, crate::hash::uri_hash(&rd.pres_uri)))
                 .filter(|&r| ext_of(r).gen == rd.ext.gen);
             match (&outcome, rec) {
                 (Outcome::Stored { etag, expires }, Some(r))
@@ -432,28 +469,19 @@ impl Engine {
                 {
                     // The usual refresh: same etag length, changed in place.
                     let n = b.get_mut(r);
-                    n.expires = now.saturating_add(*expires);
-                    if n.db_flag & NO_UPDATEDB_FLAG != 0 {
-                        n.db_flag = UPDATEDB_FLAG;
-                    }
-                    let e = n.ext_mut();
-                    e.state = 0;
-                    e.flags &= !EXT_TIMEOUT_LOGGED;
-                    pending = take_pending(e);
+                    mark_stored(n, now.saturating_add(*expires));
+                    pending = take_pending(n.ext_mut());
                 }
                 (Outcome::Stored { etag, expires }, Some(r)) => {
-                    let mut d = RecordData::from_rec(r);
-                    d.etag = etag.clone();
-                    d.expires = now.saturating_add(*expires);
-                    d.ext.state = 0;
-                    d.ext.flags &= !EXT_TIMEOUT_LOGGED;
-                    if d.db_flag & NO_UPDATEDB_FLAG != 0 {
-                        d.db_flag = UPDATEDB_FLAG;
-                    }
+                    // Another etag length: a new block, the other strings
+                    // copied over (the queue stays with the old one).
                     pending = take_pending(ext_of(r));
-                    match d.to_shm() {
+                    match b.get(r).rebuild(&[(crate::table::F::Etag, Some(etag))]) {
                         Some(nr) => {
-                            ext_of(nr).pending = std::ptr::null_mut();
+                            // SAFETY: the fresh block is ours until linked.
+                            let n = unsafe { &mut *nr.as_ptr() };
+                            mark_stored(n, now.saturating_add(*expires));
+                            n.ext_mut().pending = std::ptr::null_mut();
                             b.replace(r, nr);
                         }
                         None => {
@@ -478,6 +506,7 @@ impl Engine {
                     if e.pending.is_null() {
                         let re = ext_of(req);
                         re.retries = re.retries.saturating_add(1);
+                        re.flags |= EXT_RETRY_TIMEOUT;
                         // Retry at the next cleanup pass (every update_period - 5 s).
                         let at =
                             now.saturating_add(self.cfg.update_period.saturating_sub(5).max(1));
@@ -564,6 +593,8 @@ impl Engine {
                     );
                     let re = ext_of(req);
                     re.retries += 1;
+                    // The server set the delay: newer state waits for it too.
+                    re.flags &= !EXT_RETRY_TIMEOUT;
                     // The clock has whole seconds: +1 makes it "at least s".
                     self.schedule(ext_of(r), req, now + s + 1);
                     keep_req = true;
@@ -610,6 +641,33 @@ impl Engine {
         }
         self.resubmit(host, pending);
         self.settle(host, Some(&[self.bucket_of_data(&rd)]));
+    }
+
+    /// A confirmed publication whose last request got no reply at all has
+    /// that request parked for the next pass (up to `update_period` away).
+    /// Newer state from a consumer supersedes it: the parked block is
+    /// dropped and the record is idle again, so the new request goes out
+    /// now (with the stored etag) instead of queueing behind the retry.
+    /// A retry the server asked for (Retry-After) is kept.
+    fn unpark_timed_out(&self, b: &BucketRef<'_>, r: Rec) {
+        let e = ext_of(r);
+        // SAFETY: the parked block belongs to the record (bucket locked).
+        let Some(q) = (unsafe { Rec::from_ptr(e.retry_req) }) else {
+            return;
+        };
+        if ext_of(q).flags & EXT_RETRY_TIMEOUT == 0
+            || !e.pending.is_null()
+            || b.get(r).etag().is_empty()
+        {
+            return;
+        }
+        e.retry_req = std::ptr::null_mut();
+        e.retry_at = 0;
+        e.state = 0;
+        self.shared.scheduled.fetch_sub(1, Ordering::AcqRel);
+        lm_dbg!("newer state supersedes the retry after a local timeout");
+        // SAFETY: unlinked from the record above; nobody else has it.
+        unsafe { free_record(q) };
     }
 
     /// Parks `req` on the record for a retry at `at`.
@@ -804,15 +862,40 @@ impl Engine {
     }
 }
 
+/// A record whose request got a usable 2xx: idle again, alive until
+/// `expires`, to be written at the next sync.
+fn mark_stored(n: &mut Node, expires: u32) {
+    n.expires = expires;
+    if n.db_flag & NO_UPDATEDB_FLAG != 0 {
+        n.db_flag = UPDATEDB_FLAG;
+    }
+    let e = n.ext_mut();
+    e.state = 0;
+    e.flags &= !EXT_TIMEOUT_LOGGED;
+}
+
+/// Logs a request that could not be built for lack of shared memory (the
+/// consumer gets -1; the record is left as it was).
+fn out_of_shm(pres_uri: &[u8]) -> i32 {
+    lm_err!(
+        "send_publish for {}: out of shared memory",
+        String::from_utf8_lossy(pres_uri)
+    );
+    -1
+}
+
 /// The shm block of a table record: a publication's body is kept packed
 /// (it is only read again to re-publish after a 412).
-fn record_block(d: &RecordData) -> Option<Rec> {
+fn record_block(d: &mut RecordData) -> Option<Rec> {
     if d.ext.flags & EXT_BODY_PACKED == 0 {
         if let Some(p) = d.body.as_deref().and_then(crate::pack::pack) {
-            let mut packed = d.clone();
-            packed.body = Some(p);
-            packed.ext.flags |= EXT_BODY_PACKED;
-            return packed.to_shm();
+            // The packed body in the block, `d` left as it was.
+            let raw = d.body.replace(p);
+            d.ext.flags |= EXT_BODY_PACKED;
+            let r = d.to_shm();
+            d.ext.flags &= !EXT_BODY_PACKED;
+            d.body = raw;
+            return r;
         }
     }
     d.to_shm()
@@ -1253,15 +1336,21 @@ mod tests {
         assert_eq!(body.as_deref(), Some(&b"<b/>;v1"[..]));
     }
 
+    /// `<a/>` published (etag e1), then `<b/>` sent and answered by tm's
+    /// local timeout (parked for the next pass); `cb`: their cb_params.
+    fn publish_then_time_out(e: &Engine, h: &FakeHost, cb: (usize, usize)) {
+        e.send_publish(h, intent(Some("<a/>"), -1, cb.0));
+        let (req, _, _) = pop_sent(h);
+        e.on_reply(h, req, Some(&ok("e1", 3600)), MSG);
+        e.send_publish(h, intent(Some("<b/>"), -1, cb.1));
+        let (req, _, _) = pop_sent(h);
+        e.on_reply(h, req, None, FAKED);
+    }
+
     #[test]
     fn local_timeout_keeps_the_record_and_retries() {
         let (e, h) = engine();
-        e.send_publish(&h, intent(Some("<a/>"), -1, 4));
-        let (req, _, _) = pop_sent(&h);
-        e.on_reply(&h, req, Some(&ok("e1", 3600)), MSG);
-        e.send_publish(&h, intent(Some("<b/>"), -1, 6));
-        let (req, _, _) = pop_sent(&h);
-        e.on_reply(&h, req, None, FAKED);
+        publish_then_time_out(&e, &h, (4, 6));
         assert_eq!(stored(&e).len(), 1, "record kept");
         let cbs = h.callbacks.borrow().clone();
         assert_eq!(cbs.len(), 2);
@@ -1278,6 +1367,39 @@ mod tests {
             "the retry is ours: no second callback"
         );
         assert_eq!(stored(&e)[0].etag, b"e2");
+    }
+
+    #[test]
+    fn newer_state_supersedes_a_parked_timeout_retry() {
+        let (e, h) = engine();
+        publish_then_time_out(&e, &h, (0, 0)); // <b/> parked until the next pass
+        assert_eq!(e.shared.scheduled.load(Ordering::SeqCst), 1);
+        assert!(h.sent.borrow().is_empty());
+        e.send_publish(&h, intent(Some("<c/>"), -1, 0));
+        let (req, hdr, body) = pop_sent(&h);
+        assert!(hdr.contains("SIP-If-Match: e1"), "{hdr}");
+        assert_eq!(
+            body.as_deref(),
+            Some(&b"<c/>;v2"[..]),
+            "sent now, not queued"
+        );
+        assert_eq!(e.shared.scheduled.load(Ordering::SeqCst), 0);
+        e.on_reply(&h, req, Some(&ok("e2", 3600)), MSG);
+        h.now.set(10_000 + 200);
+        assert_eq!(e.pass(&h, false).retried, 0, "the old retry is gone");
+        assert!(h.sent.borrow().is_empty());
+        assert_eq!(stored(&e)[0].etag, b"e2");
+        // A retry the server asked for (503 + Retry-After) is not superseded.
+        e.send_publish(&h, intent(Some("<d/>"), -1, 0));
+        let (req, _, _) = pop_sent(&h);
+        let mut busy = ok("", 0);
+        busy.code = 503;
+        busy.etag = None;
+        busy.expires = None;
+        busy.retry_after = Some(b"30".to_vec());
+        e.on_reply(&h, req, Some(&busy), MSG);
+        e.send_publish(&h, intent(Some("<e/>"), -1, 0));
+        assert!(h.sent.borrow().is_empty(), "waits for the Retry-After");
     }
 
     #[test]

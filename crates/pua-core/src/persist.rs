@@ -270,10 +270,10 @@ pub struct SyncStats {
 
 /// The record in the table whose row is `d`'s (the row's key fields).
 pub fn same_row(p: &Node, d: &RecordData) -> bool {
-    p.pres_uri() == d.pres_uri.as_slice()
-        && p.id() == d.id.as_slice()
-        && p.flag == d.flag
+    p.flag == d.flag
         && p.event == d.event
+        && p.uri_is(crate::hash::uri_hash(&d.pres_uri), &d.pres_uri)
+        && p.id() == d.id.as_slice()
         && p.call_id() == d.call_id.as_slice()
         && p.from_tag() == d.from_tag.as_slice()
         && p.watcher_uri().unwrap_or_default() == d.watcher_uri.as_deref().unwrap_or_default()

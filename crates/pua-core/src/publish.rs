@@ -178,6 +178,72 @@ pub struct ReplyInfo {
     pub retry_after: Option<Vec<u8>>,
 }
 
+/// The PUBLISH-relevant headers of a reply read straight from its bytes
+/// (`buf`: the whole message, status line first), without Kamailio's
+/// parser: used when no consumer callback will look at the reply, since
+/// `parse_headers(.., HDR_EOH_F)` of every header was half the cost of the
+/// reply callback. Values are what Kamailio's `hdr->body` holds: after the
+/// colon, leading and trailing whitespace removed, folded lines kept; the
+/// first of several headers wins. `None` when the header section is not
+/// well-formed (a line without a colon, no end): the caller then takes
+/// Kamailio's parser, which reports the error.
+pub fn scan_reply_headers(code: u32, buf: &[u8]) -> Option<ReplyInfo> {
+    let mut info = ReplyInfo {
+        code,
+        ..Default::default()
+    };
+    // The status line.
+    let mut pos = buf.iter().position(|&c| c == b'\n')? + 1;
+    loop {
+        let rest = buf.get(pos..)?;
+        // End of the header section: an empty line (CRLF or a bare LF).
+        if rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
+            return Some(info);
+        }
+        if rest.is_empty() {
+            return None;
+        }
+        // The header's extent: up to a line end not followed by SP/HT.
+        let mut end = 0;
+        loop {
+            let nl = end + rest[end..].iter().position(|&c| c == b'\n')?;
+            end = nl + 1;
+            if !matches!(rest.get(end), Some(b' ') | Some(b'\t')) {
+                break;
+            }
+        }
+        let line = &rest[..end];
+        let colon = line.iter().position(|&c| c == b':')?;
+        let name = trim(&line[..colon]);
+        if name.is_empty() || name.iter().any(|c| c.is_ascii_whitespace()) {
+            return None;
+        }
+        info.offer(name, trim(&line[colon + 1..]));
+        pos += end;
+    }
+}
+
+impl ReplyInfo {
+    /// Takes a header's value if it is one of the four and the first of its
+    /// name (names compared case-insensitively).
+    pub fn offer(&mut self, name: &[u8], value: &[u8]) {
+        let slot = if name.eq_ignore_ascii_case(b"Expires") {
+            &mut self.expires
+        } else if name.eq_ignore_ascii_case(b"SIP-ETag") {
+            &mut self.etag
+        } else if name.eq_ignore_ascii_case(b"Min-Expires") {
+            &mut self.min_expires
+        } else if name.eq_ignore_ascii_case(b"Retry-After") {
+            &mut self.retry_after
+        } else {
+            return;
+        };
+        if slot.is_none() {
+            *slot = Some(value.to_vec());
+        }
+    }
+}
+
 /// Retries we allow per request for 412, 423 and 5xx.
 pub const MAX_RETRIES: u32 = 3;
 /// The longest Retry-After we wait for; above it the failure is final.
@@ -257,6 +323,58 @@ pub fn classify(info: Option<&ReplyInfo>, kind: Kind, retries: u32, had_423: boo
         c => Outcome::Failed {
             reason: format!("final reply {c}"),
         },
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_publish_headers_as_kamailio_stores_them() {
+        let m = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n\
+            sip-etag :  a.123.4  \r\nEXPIRES:3600\r\nExpires: 7\r\n\
+            Retry-After: 5\r\n (comment)\r\nContent-Length: 0\r\n\r\n";
+        let i = scan_reply_headers(200, m).expect("well-formed");
+        assert_eq!(i.code, 200);
+        assert_eq!(i.etag.as_deref(), Some(&b"a.123.4"[..]));
+        assert_eq!(
+            i.expires.as_deref(),
+            Some(&b"3600"[..]),
+            "the first Expires"
+        );
+        assert_eq!(
+            i.retry_after.as_deref(),
+            Some(&b"5\r\n (comment)"[..]),
+            "folded"
+        );
+        assert_eq!(i.min_expires, None);
+        // Bare LF line ends, a body after the headers.
+        let m = b"SIP/2.0 423 Too Brief\nMin-Expires: 1800\nContent-Length: 5\n\nExpires: 1";
+        let i = scan_reply_headers(423, m).unwrap();
+        assert_eq!(i.min_expires.as_deref(), Some(&b"1800"[..]));
+        assert_eq!(i.expires, None, "nothing from the body");
+        // An empty value is present and empty (classify refuses it).
+        let i = scan_reply_headers(200, b"SIP/2.0 200 OK\r\nExpires:\r\n\r\n").unwrap();
+        assert_eq!(i.expires.as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn malformed_header_sections_are_left_to_kamailio() {
+        for m in [
+            &b"SIP/2.0 200 OK\r\nExpires 3600\r\n\r\n"[..],
+            b"SIP/2.0 200 OK\r\nExpires: 3600\r\n",
+            b"SIP/2.0 200 OK",
+            b"SIP/2.0 200 OK\r\nSIP ETag: x\r\n\r\n",
+            b"",
+        ] {
+            assert_eq!(
+                scan_reply_headers(200, m),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(m)
+            );
+        }
     }
 }
 

@@ -130,6 +130,9 @@ pub const EXT_TIMEOUT_LOGGED: u32 = 1;
 pub const EXT_HAD_423: u32 = 2;
 /// `Ext::flags`: the record's body is packed (`pack::pack`).
 pub const EXT_BODY_PACKED: u32 = 4;
+/// Request: parked for a retry after a local timeout (no reply at all), so
+/// newer state from a consumer supersedes it at once instead of waiting.
+pub const EXT_RETRY_TIMEOUT: u32 = 8;
 
 /// The string fields of a record, in the order they are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,19 +163,24 @@ const NFIELDS: usize = 15;
 pub struct Node {
     pub next: *mut Node,
     pub cb_param: *mut c_void,
+    // What a bucket walk compares first, in the block's first 32 bytes.
     pub event: i32,
+    pub flag: i32,
+    /// [`crate::hash::uri_hash`] of `pres_uri`, set by `to_shm` (pres_uri
+    /// never changes in place): a chain walk compares it before it reads
+    /// the strings in the block's tail.
+    pub uri_hash: u32,
     pub expires: u32,
     pub desired_expires: u32,
-    pub flag: i32,
     pub db_flag: i32,
     pub ua_flag: i32,
     pub cseq: i32,
     pub version: i32,
-    ext: Ext,
     /// Bit `F as u8`: the optional field is present (`Some`, maybe empty).
     present: u16,
     /// Bytes of varints after the struct.
     lens_len: u16,
+    ext: Ext,
 }
 
 impl Node {
@@ -191,17 +199,7 @@ impl Node {
         // the strings whose lengths they give, all inside the block.
         unsafe {
             while pos < lens_len {
-                let mut len = 0usize;
-                let mut shift = 0;
-                loop {
-                    let b = *t.add(pos);
-                    pos += 1;
-                    len |= ((b & 0x7f) as usize) << shift;
-                    shift += 7;
-                    if b & 0x80 == 0 {
-                        break;
-                    }
-                }
+                let len = read_varint(t, &mut pos);
                 if i == want {
                     return std::slice::from_raw_parts(t.add(lens_len + off), len);
                 }
@@ -217,7 +215,8 @@ impl Node {
     /// lengths differ (the caller builds a new block).
     pub fn set_same_len(&mut self, f: F, v: &[u8]) -> bool {
         let cur = self.s(f);
-        if cur.len() != v.len() {
+        // pres_uri is hashed into `uri_hash`: it never changes in place.
+        if cur.len() != v.len() || matches!(f, F::PresUri) {
             return false;
         }
         let p = cur.as_ptr() as *mut u8;
@@ -225,6 +224,49 @@ impl Node {
         // `&mut self` lets us change; lengths are equal.
         unsafe { ptr::copy_nonoverlapping(v.as_ptr(), p, v.len()) };
         true
+    }
+
+    /// A new block with this one's fixed fields and engine state (`next`
+    /// cleared) and its strings, except the fields in `edits` (`None`:
+    /// absent for an optional field, empty otherwise). No heap allocation:
+    /// what the reply path uses when an etag of another length comes back.
+    pub fn rebuild(&self, edits: &[(F, Option<&[u8]>)]) -> Option<Rec> {
+        let mut vals: [Option<&[u8]>; NFIELDS] = [None; NFIELDS];
+        let t = self.tail();
+        let lens_len = self.lens_len as usize;
+        let (mut pos, mut off, mut i) = (0usize, 0usize, 0usize);
+        // SAFETY: as in `s`: the varints and strings written by write_block.
+        unsafe {
+            while pos < lens_len && i < NFIELDS {
+                let len = read_varint(t, &mut pos);
+                let v = std::slice::from_raw_parts(t.add(lens_len + off), len);
+                vals[i] = (OPTIONAL & (1 << i) == 0 || self.present & (1 << i) != 0).then_some(v);
+                off += len;
+                i += 1;
+            }
+        }
+        for &(f, v) in edits {
+            let i = f as usize;
+            vals[i] = if OPTIONAL & (1 << i) != 0 {
+                v
+            } else {
+                Some(v.unwrap_or(&[]))
+            };
+        }
+        // SAFETY: a bitwise copy of the fixed fields (raw pointers and
+        // integers); the new block does not share the chain link.
+        let mut head = unsafe { ptr::read(self) };
+        head.next = ptr::null_mut();
+        head.uri_hash = crate::hash::uri_hash(vals[F::PresUri as usize].unwrap_or(&[]));
+        write_block(head, &vals)
+    }
+
+    /// Whether this record's pres_uri is `uri`, whose
+    /// [`crate::hash::uri_hash`] is `h` (the hash first: most records of a
+    /// bucket differ there, and it sits in the block's first cache line).
+    #[inline]
+    pub fn uri_is(&self, h: u32, uri: &[u8]) -> bool {
+        self.uri_hash == h && self.pres_uri() == uri
     }
 
     /// The engine state (as [`ext_of`], through the node).
@@ -439,57 +481,31 @@ impl RecordData {
             (Some(&self.remote_contact), false),
             (Some(&self.contact), false),
         ];
-        let mut present = 0u16;
-        let mut lens_len = 0usize;
-        let mut data_len = 0usize;
+        let head = Node {
+            next: ptr::null_mut(),
+            cb_param: self.cb_param as *mut c_void,
+            event: self.event,
+            flag: self.flag,
+            uri_hash: crate::hash::uri_hash(&self.pres_uri),
+            expires: self.expires,
+            desired_expires: self.desired_expires,
+            db_flag: self.db_flag,
+            ua_flag: self.ua_flag,
+            cseq: self.cseq,
+            version: self.version,
+            present: 0,
+            lens_len: 0,
+            ext: self.ext,
+        };
+        let mut vals: [Option<&[u8]>; NFIELDS] = [None; NFIELDS];
         for (i, (v, optional)) in fields.iter().enumerate() {
-            if *optional && v.is_some() {
-                present |= 1 << i;
-            }
-            let l = v.unwrap_or(empty).len();
-            lens_len += varint_len(l);
-            data_len += l;
+            vals[i] = if *optional {
+                *v
+            } else {
+                Some(v.unwrap_or(empty))
+            };
         }
-        let lens_len16 = u16::try_from(lens_len).ok()?;
-        let head = std::mem::size_of::<Node>();
-        let base = shm::alloc_zeroed(head + lens_len + data_len)?;
-        let n = base as *mut Node;
-        // SAFETY: `base` has room for the struct, the varints and the bytes.
-        unsafe {
-            n.write(Node {
-                next: ptr::null_mut(),
-                cb_param: self.cb_param as *mut c_void,
-                event: self.event,
-                expires: self.expires,
-                desired_expires: self.desired_expires,
-                flag: self.flag,
-                db_flag: self.db_flag,
-                ua_flag: self.ua_flag,
-                cseq: self.cseq,
-                version: self.version,
-                ext: self.ext,
-                present,
-                lens_len: lens_len16,
-            });
-            let mut lp = base.add(head);
-            let mut dp = lp.add(lens_len);
-            for (v, _) in fields.iter() {
-                let v = v.unwrap_or(empty);
-                let mut l = v.len();
-                loop {
-                    let b = (l & 0x7f) as u8;
-                    l >>= 7;
-                    *lp = if l > 0 { b | 0x80 } else { b };
-                    lp = lp.add(1);
-                    if l == 0 {
-                        break;
-                    }
-                }
-                ptr::copy_nonoverlapping(v.as_ptr(), dp, v.len());
-                dp = dp.add(v.len());
-            }
-        }
-        NonNull::new(n).map(Rec)
+        write_block(head, &vals)
     }
 
     /// The bucket key of this record.
@@ -524,6 +540,74 @@ pub unsafe fn free_chains(e: &mut Ext) {
     if let Some(r) = Rec::from_ptr(std::mem::replace(&mut e.retry_req, ptr::null_mut())) {
         free_record(r);
     }
+}
+
+/// The LEB128 varint at `t + *pos`, advancing `*pos` past it.
+///
+/// # Safety
+/// A complete varint (as `write_block` writes them) must start there.
+#[inline]
+unsafe fn read_varint(t: *const u8, pos: &mut usize) -> usize {
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = *t.add(*pos);
+        *pos += 1;
+        len |= ((b & 0x7f) as usize) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            return len;
+        }
+    }
+}
+
+/// Fields that may be absent (`None`), as opposed to empty.
+const OPTIONAL: u16 = (1 << F::OutboundProxy as u16)
+    | (1 << F::Body as u16)
+    | (1 << F::WatcherUri as u16)
+    | (1 << F::ExtraHeaders as u16);
+
+/// Allocates a block holding `head` (its `present` and `lens_len` are
+/// computed here, `next` must be null) and the strings `vals` (`None`:
+/// absent, for the optional fields; empty otherwise).
+fn write_block(mut head: Node, vals: &[Option<&[u8]>; NFIELDS]) -> Option<Rec> {
+    let mut present = 0u16;
+    let mut lens_len = 0usize;
+    let mut data_len = 0usize;
+    for (i, v) in vals.iter().enumerate() {
+        if OPTIONAL & (1 << i) != 0 && v.is_some() {
+            present |= 1 << i;
+        }
+        let l = v.map_or(0, <[u8]>::len);
+        lens_len += varint_len(l);
+        data_len += l;
+    }
+    head.present = present;
+    head.lens_len = u16::try_from(lens_len).ok()?;
+    let hsize = std::mem::size_of::<Node>();
+    let base = shm::alloc_zeroed(hsize + lens_len + data_len)?;
+    let n = base as *mut Node;
+    // SAFETY: `base` has room for the struct, the varints and the bytes.
+    unsafe {
+        n.write(head);
+        let mut lp = base.add(hsize);
+        let mut dp = lp.add(lens_len);
+        for v in vals.iter() {
+            let v = v.unwrap_or(&[]);
+            let mut l = v.len();
+            loop {
+                let b = (l & 0x7f) as u8;
+                l >>= 7;
+                *lp = if l > 0 { b | 0x80 } else { b };
+                lp = lp.add(1);
+                if l == 0 {
+                    break;
+                }
+            }
+            ptr::copy_nonoverlapping(v.as_ptr(), dp, v.len());
+            dp = dp.add(v.len());
+        }
+    }
+    NonNull::new(n).map(Rec)
 }
 
 /// Frees a record block made by [`RecordData::to_shm`].
@@ -799,6 +883,47 @@ mod tests {
             content_type: b"application/pidf+xml".to_vec(),
             expires: 1000,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rebuild_changes_only_the_edited_fields() {
+        global_arena();
+        let mut d = publ("sip:alice@example.com", "UL_PUBLISH.x");
+        d.outbound_proxy = Some(Vec::new()); // present and empty
+        d.extra_headers = Some(vec![b'X'; 300]);
+        d.cb_param = 77;
+        d.ext.state = 1;
+        d.ext.gen = 9;
+        let r = d.to_shm().unwrap();
+        // SAFETY: fresh block, ours.
+        let n = unsafe { r.node() };
+        let long_etag = vec![b'e'; 200];
+        let r2 = n
+            .rebuild(&[(F::Etag, Some(&long_etag)), (F::Body, None)])
+            .unwrap();
+        let mut want = d.clone();
+        want.etag = long_etag;
+        want.body = None;
+        assert_eq!(RecordData::from_rec(r2), want);
+        // SAFETY: as above.
+        let n2 = unsafe { r2.node() };
+        assert_eq!(n2.uri_hash, n.uri_hash);
+        assert!(n2.next.is_null());
+        // Absent optional fields stay absent, and a new pres_uri is hashed.
+        let r3 = n2
+            .rebuild(&[(F::PresUri, Some(b"sip:bob@x")), (F::Etag, None)])
+            .unwrap();
+        want.pres_uri = b"sip:bob@x".to_vec();
+        want.etag.clear();
+        assert_eq!(RecordData::from_rec(r3), want);
+        // SAFETY: as above.
+        assert!(unsafe { r3.node() }.uri_is(crate::hash::uri_hash(b"sip:bob@x"), b"sip:bob@x"));
+        // SAFETY: unlinked blocks, not used afterwards.
+        unsafe {
+            free_record(r);
+            free_record(r2);
+            free_record(r3);
         }
     }
 
