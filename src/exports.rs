@@ -329,13 +329,14 @@ unsafe extern "C" fn rpc_stats(rpc: *mut rpc_t, ctx: *mut c_void) {
             r.fault(500, "pua not initialised");
             return;
         };
-        let (records, buckets) = st
+        let (records, buckets, chains) = st
             .table
-            .map(|t| (t.len() as i64, t.buckets() as i64))
-            .unwrap_or((-1, 0));
+            .map(|t| (t.len() as i64, t.locks() as i64, t.buckets() as i64))
+            .unwrap_or((-1, 0, 0));
         r.int_struct(&[
             ("records", records),
             ("buckets", buckets),
+            ("chains", chains),
             (
                 "db_mode",
                 if st.cfg.db_mode == pua_core::params::DbMode::DbOnly {

@@ -22,15 +22,27 @@ use std::ptr::{self, NonNull};
 #[repr(C)]
 struct Bucket {
     lock: FutexLock,
-    first: *mut Node,
 }
 
 /// A handle to the table; plain pointers into shm, valid in every process.
 #[derive(Clone, Copy)]
 pub struct Table {
+    /// 2^hash_size locks.
     buckets: *mut Bucket,
     n: usize,
+    /// The chains: `chains` list heads, a power of two, at least `n`;
+    /// chain `i` is guarded by lock `i & (n - 1)`.
+    heads: *mut *mut Node,
+    chains: usize,
 }
+
+/// Chains per lock: 2^hash_size is the table size an operator configured
+/// for the C module (512 by default), which with 10,000 publications makes
+/// chains of 20 records, and every lookup that misses walks one, a cache
+/// miss per record. More chains behind the same locks keep them short.
+const CHAINS_PER_LOCK: usize = 16;
+/// The most chains (8 bytes each in shm).
+const MAX_CHAINS: usize = 1 << 16;
 
 // SAFETY: the handle is only pointers into shm; all access is under bucket locks.
 unsafe impl Send for Table {}
@@ -628,26 +640,50 @@ impl Table {
             // SAFETY: inside the fresh allocation.
             unsafe { FutexLock::init(ptr::addr_of_mut!((*buckets.add(i)).lock)) };
         }
-        Some(Table { buckets, n })
+        let chains = n.max(n.saturating_mul(CHAINS_PER_LOCK).min(MAX_CHAINS));
+        let Some(heads) = chains
+            .checked_mul(std::mem::size_of::<*mut Node>())
+            .and_then(shm::alloc_zeroed)
+        else {
+            // SAFETY: ours, not shared yet.
+            unsafe { shm::free(buckets) };
+            return None;
+        };
+        Some(Table {
+            buckets,
+            n,
+            heads: heads as *mut *mut Node,
+            chains,
+        })
     }
 
+    /// Number of chains: what `bucket_of` returns indices for and what a
+    /// walk over the whole table iterates (`lock(i)` for each).
     pub fn buckets(&self) -> usize {
+        self.chains
+    }
+
+    /// Number of locks (2^hash_size).
+    pub fn locks(&self) -> usize {
         self.n
     }
 
-    /// The bucket of a presentity URI (+ watcher URI for subscriptions).
+    /// The chain of a presentity URI (+ watcher URI for subscriptions).
     pub fn bucket_of(&self, pres_uri: &[u8], watcher_uri: Option<&[u8]>) -> usize {
-        bucket_of(pres_uri, watcher_uri.filter(|w| !w.is_empty()), self.n)
+        bucket_of(pres_uri, watcher_uri.filter(|w| !w.is_empty()), self.chains)
     }
 
-    /// Locks bucket `i` and gives access to its records until dropped.
+    /// Locks chain `i` (its lock, shared with other chains) and gives access
+    /// to its records until dropped. Never hold two at once: two chains
+    /// may share a lock.
     pub fn lock(&self, i: usize) -> BucketRef<'_> {
-        assert!(i < self.n);
-        // SAFETY: `i` is in range; buckets live as long as the table.
-        let b = unsafe { &*self.buckets.add(i) };
+        assert!(i < self.chains);
+        // SAFETY: indices in range; locks and heads live as long as the table.
+        let b = unsafe { &*self.buckets.add(i & (self.n - 1)) };
         let guard = b.lock.lock();
         BucketRef {
-            bucket: b as *const Bucket as *mut Bucket,
+            // SAFETY: in range (above).
+            head: unsafe { self.heads.add(i) },
             _guard: guard,
         }
     }
@@ -662,7 +698,7 @@ impl Table {
 
     /// Number of records (takes every bucket lock in turn).
     pub fn len(&self) -> usize {
-        (0..self.n).map(|i| self.lock(i).iter().count()).sum()
+        (0..self.chains).map(|i| self.lock(i).iter().count()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -674,20 +710,22 @@ impl Table {
     /// # Safety
     /// No other process may use the table any more.
     pub unsafe fn destroy(self) {
-        for i in 0..self.n {
+        for i in 0..self.chains {
             let mut b = self.lock(i);
             while let Some(r) = b.pop() {
                 free_chains(ext_of(r));
                 free_record(r);
             }
         }
+        shm::free(self.heads);
         shm::free(self.buckets);
     }
 }
 
 /// A locked bucket. Record pointers obtained from it are valid while it lives.
 pub struct BucketRef<'a> {
-    bucket: *mut Bucket,
+    /// The chain's head pointer (in shm), guarded by `_guard`.
+    head: *mut *mut Node,
     _guard: LockGuard<'a>,
 }
 
@@ -695,7 +733,7 @@ impl BucketRef<'_> {
     /// The records of the bucket, newest first.
     pub fn iter(&self) -> impl Iterator<Item = Rec> + '_ {
         // SAFETY: the bucket is locked; list nodes are valid records.
-        let mut p = unsafe { (*self.bucket).first };
+        let mut p = unsafe { *self.head };
         std::iter::from_fn(move || {
             let r = NonNull::new(p)?;
             // SAFETY: as above.
@@ -725,16 +763,16 @@ impl BucketRef<'_> {
     pub fn push(&mut self, r: Rec) {
         // SAFETY: bucket locked; `r` is a valid unlinked record.
         unsafe {
-            (*r.as_ptr()).next = (*self.bucket).first;
-            (*self.bucket).first = r.as_ptr();
+            (*r.as_ptr()).next = *self.head;
+            *self.head = r.as_ptr();
         }
     }
 
     fn pop(&mut self) -> Option<Rec> {
         // SAFETY: bucket locked.
         unsafe {
-            let r = NonNull::new((*self.bucket).first)?;
-            (*self.bucket).first = (*r.as_ptr()).next;
+            let r = NonNull::new(*self.head)?;
+            *self.head = (*r.as_ptr()).next;
             (*r.as_ptr()).next = ptr::null_mut();
             Some(Rec(r))
         }
@@ -744,7 +782,7 @@ impl BucketRef<'_> {
     fn link_to(&mut self, r: Rec) -> Option<*mut *mut Node> {
         // SAFETY: bucket locked; we walk the `next` links of valid records.
         unsafe {
-            let mut link: *mut *mut Node = ptr::addr_of_mut!((*self.bucket).first);
+            let mut link: *mut *mut Node = self.head;
             while !(*link).is_null() {
                 if *link == r.as_ptr() {
                     return Some(link);
@@ -1003,8 +1041,8 @@ mod tests {
         unsafe { t.destroy() };
         assert_eq!(
             live_here(),
-            before - 1,
-            "destroy frees every record and the buckets"
+            before - 2,
+            "destroy frees every record, the locks and the chains"
         );
     }
 
