@@ -192,13 +192,7 @@ def start_client(t, peer, store, name="kamailio"):
     return k
 
 
-def publish(k, uri, expires, pres_id, body=None, etag="."):
-    """pua.publish <uri> <expires> presence <ctype> <id> <etag> . . [body]."""
-    args = [uri, str(expires), "presence",
-            "application/pidf+xml" if body is not None else ".", pres_id, etag, ".", "."]
-    if body is not None:
-        args.append(body)
-    return k.jsonrpc("pua.publish", *args, timeout=8)
+publish = P.publish   # pua.publish over JSON-RPC (persist_common)
 
 
 def publish_ok(k, uri, expires, pres_id, body=None, etag=".", what="publish"):

@@ -61,6 +61,17 @@ pub fn select(
 /// A publication row matches a query as `search_htable` matches records:
 /// flag and event bits, presentity URI, the id when one is given, no
 /// watcher.
+/// Whether the table record `p` is what `q` asks for: a publication
+/// (`watcher` None: no watcher URI) or the subscription of watcher `w`;
+/// `qh` is `crate::hash::uri_hash(&q.pres_uri)`.
+fn in_memory(p: &crate::table::Node, q: &RecordData, qh: u32, watcher: Option<&[u8]>) -> bool {
+    p.flag & q.flag != 0
+        && p.event & q.event != 0
+        && p.uri_is(qh, &q.pres_uri)
+        && p.watcher_uri() == watcher
+        && (q.id.is_empty() || p.id() == q.id.as_slice())
+}
+
 pub fn same_publication(d: &RecordData, q: &RecordData) -> bool {
     d.flag & q.flag != 0
         && d.event & q.event != 0
@@ -128,17 +139,8 @@ impl Engine {
         }
         let bucket = self.table.bucket_of(&q.pres_uri, None);
         let qh = crate::hash::uri_hash(&q.pres_uri);
-        let here = |b: &crate::table::BucketRef<'_>| {
-            b.find(|p| {
-                // SAFETY: valid under the lock.
-                !p.is_subscription()
-                    && p.flag & q.flag != 0
-                    && p.event & q.event != 0
-                    && p.uri_is(qh, &q.pres_uri)
-                    && (q.id.is_empty() || p.id() == q.id.as_slice())
-            })
-            .is_some()
-        };
+        let here =
+            |b: &crate::table::BucketRef<'_>| b.find(|p| in_memory(p, q, qh, None)).is_some();
         if here(&self.table.lock(bucket)) {
             return Ok(());
         }
@@ -197,18 +199,8 @@ impl Engine {
         };
         let bucket = self.table.bucket_of(&q.pres_uri, Some(w));
         let qh = crate::hash::uri_hash(&q.pres_uri);
-        let here = |b: &crate::table::BucketRef<'_>| {
-            b.find(|p| {
-                // SAFETY: valid under the lock.
-                p.is_subscription()
-                    && p.flag & q.flag != 0
-                    && p.event & q.event != 0
-                    && p.uri_is(qh, &q.pres_uri)
-                    && p.watcher_uri().unwrap_or_default() == w
-                    && (q.id.is_empty() || p.id() == q.id.as_slice())
-            })
-            .is_some()
-        };
+        let here =
+            |b: &crate::table::BucketRef<'_>| b.find(|p| in_memory(p, q, qh, Some(w))).is_some();
         if here(&self.table.lock(bucket)) {
             return Ok(());
         }
