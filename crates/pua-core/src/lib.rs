@@ -23,6 +23,7 @@ pub mod log;
 pub mod pack;
 pub mod params;
 pub mod persist;
+pub mod pid;
 pub mod publish;
 pub mod shm;
 pub mod slab;

@@ -193,7 +193,7 @@ pub fn scan_reply_headers(code: u32, buf: &[u8]) -> Option<ReplyInfo> {
         ..Default::default()
     };
     // The status line.
-    let mut pos = buf.iter().position(|&c| c == b'\n')? + 1;
+    let mut pos = memchr::memchr(b'\n', buf)? + 1;
     loop {
         let rest = buf.get(pos..)?;
         // End of the header section: an empty line (CRLF or a bare LF).
@@ -206,19 +206,22 @@ pub fn scan_reply_headers(code: u32, buf: &[u8]) -> Option<ReplyInfo> {
         // The header's extent: up to a line end not followed by SP/HT.
         let mut end = 0;
         loop {
-            let nl = end + rest[end..].iter().position(|&c| c == b'\n')?;
-            end = nl + 1;
+            end += memchr::memchr(b'\n', &rest[end..])? + 1;
             if !matches!(rest.get(end), Some(b' ') | Some(b'\t')) {
                 break;
             }
         }
         let line = &rest[..end];
-        let colon = line.iter().position(|&c| c == b':')?;
+        let colon = memchr::memchr(b':', line)?;
         let name = trim(&line[..colon]);
         if name.is_empty() || name.iter().any(|c| c.is_ascii_whitespace()) {
             return None;
         }
-        info.offer(name, trim(&line[colon + 1..]));
+        // Only four names matter; the others are skipped without trimming
+        // their values (every one of the four starts with E, S, M or R).
+        if matches!(name[0] | 0x20, b'e' | b's' | b'm' | b'r') {
+            info.offer(name, trim(&line[colon + 1..]));
+        }
         pos += end;
     }
 }

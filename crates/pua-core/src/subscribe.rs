@@ -202,7 +202,7 @@ pub fn new_dialog_ids() -> (Vec<u8>, Vec<u8>) {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let pid = std::process::id();
+    let pid = crate::pid::process_id();
     (
         format!("pua-{pid:x}-{nanos:x}-{n:x}").into_bytes(),
         format!("{:x}{:x}", (nanos as u32) ^ pid.rotate_left(16), n).into_bytes(),
