@@ -18,6 +18,7 @@ in its own session and stopped by PID (process group); every wait is bounded.
 
 import argparse
 import datetime
+import glob
 import hashlib
 import json
 import os
@@ -158,9 +159,13 @@ class Uas:
 
 
 def cpu_times(pgid):
-    """{pid: (utime, stime)} in seconds of every live process in the process
-    group (Kamailio is started in its own session: the main process and all
-    its children)."""
+    """{pid: (utime, stime, runtime)} in seconds of every live process in the
+    process group (Kamailio is started in its own session: the main process
+    and all its children). utime and stime come from /proc/<pid>/stat in
+    10 ms ticks, each truncated; runtime is the scheduler's own sum
+    (se.sum_exec_runtime in /proc/<pid>/sched, nanoseconds; utime + stime
+    when the kernel does not show it). Kamailio's processes are single
+    threaded, so the main thread's figure is the process's."""
     out = {}
     for pid in kamtest.pgroup_members(pgid):
         try:
@@ -169,15 +174,27 @@ def cpu_times(pgid):
         except OSError:
             continue
         rest = st[st.rfind(")") + 2:].split()
-        out[pid] = (int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK)   # fields 14, 15
+        u, s = int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK   # fields 14, 15
+        out[pid] = (u, s, sched_runtime(pid, u + s))
     return out
 
 
+def sched_runtime(pid, fallback):
+    try:
+        with open("/proc/%d/sched" % pid) as f:
+            for line in f:
+                if line.startswith("se.sum_exec_runtime"):
+                    return float(line.split(":", 1)[1]) / 1000.0
+    except (OSError, ValueError):
+        pass
+    return fallback
+
+
 def cpu_split(t0, t1):
-    """(user s, system s) spent between two cpu_times() snapshots."""
-    u = sum(v[0] - t0.get(p, (0, 0))[0] for p, v in t1.items())
-    s = sum(v[1] - t0.get(p, (0, 0))[1] for p, v in t1.items())
-    return u, s
+    """(user s, system s, total s) spent between two cpu_times() snapshots;
+    total is the precise runtime sum, user and system are tick-sampled."""
+    d = [sum(v[i] - t0.get(p, (0, 0, 0))[i] for p, v in t1.items()) for i in range(3)]
+    return d[0], d[1], d[2]
 
 
 def shm_real_used(k):
@@ -221,13 +238,40 @@ def summarize_errors(lines, n=6):
 # one measured run
 
 
-CONFIGS = ("ours", "c", "floor")
+CONFIGS = ("ours", "c", "floor", "nullpua")
+NULLPUA_SRC = os.path.join(HERE, "nullpua", "nullpua.c")
+NULLPUA_SO = os.path.join(WORK, "nullpua.so")
+
+
+def build_nullpua():
+    """Compiles bench/nullpua/nullpua.c against the 5.6.3 headers the cargo
+    build fetched, with the core's -D set (what pua-sys's build script
+    exported: cargo:include / cargo:cflags in its output file)."""
+    outs = sorted(glob.glob(os.path.join(REPO, "target", "release", "build", "pua-sys-*", "output")),
+                  key=os.path.getmtime, reverse=True)
+    for o in outs:
+        inc = flags = None
+        with open(o) as f:
+            for line in f:
+                if line.startswith("cargo:include="):
+                    inc = line.split("=", 1)[1].strip()
+                elif line.startswith("cargo:cflags="):
+                    flags = [x for x in line.split("=", 1)[1].strip().split("\x1f") if x]
+        if inc and flags is not None and os.path.isdir(inc):
+            break
+    else:
+        sys.exit("bench: no pua-sys build output with the Kamailio headers (run make build first)")
+    cmd = ["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-I", inc] + flags \
+        + ["-o", NULLPUA_SO, NULLPUA_SRC]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        sys.exit("bench: building nullpua failed:\n" + r.stderr[-4000:])
 
 
 def make_kamailio(config, work, uas_port, ours_so, children, shm_mb, cls=kamtest.Kamailio):
     cfg = os.path.join(CFG_DIR, "client-floor.cfg" if config == "floor" else "client-pua.cfg")
     # floor loads no pua: the mods dir then holds an unused copy of the C one.
-    so = ours_so if config == "ours" else kamtest.C_PUA
+    so = {"ours": ours_so, "nullpua": NULLPUA_SO}.get(config, kamtest.C_PUA)
     return cls(cfg, work, so, name="client",
                subst={"@UAS_PORT@": str(uas_port), "@CHILDREN@": str(children)},
                shm_mb=shm_mb, pkg_mb=16)
@@ -283,7 +327,6 @@ def run_one(config, rate, rnd, a, ours_so):
         res["pua_shm_idle"] = mod_shm(k, "pua") if config != "floor" else None
         u0 = uas.stats()
         ct0 = cpu_times(k.pid)
-        cpu0 = sum(u + s for u, s in ct0.values())
 
         phones = LineProc([LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
                            "--users", str(a.users), "--rate", str(rate),
@@ -300,8 +343,7 @@ def run_one(config, rate, rnd, a, ours_so):
         phones = None
         u2 = uas.stats()
         ct1 = cpu_times(k.pid)
-        cpu1 = sum(u + s for u, s in ct1.values())
-        res["cpu_user_s"], res["cpu_sys_s"] = cpu_split(ct0, ct1)
+        res["cpu_user_s"], res["cpu_sys_s"], cpu_total = cpu_split(ct0, ct1)
         t_end = time.monotonic()
 
         # shm with the publications held: once tm has freed the transactions.
@@ -349,7 +391,7 @@ def run_one(config, rate, rnd, a, ours_so):
         "pub_refresh": u3["refresh"] - u0["refresh"],
         "pub_retrans": u3["retransmissions"] - u0["retransmissions"],
         "n_pubs": u3["distinct_initial_uris"],
-        "cpu_s": cpu1 - cpu0,
+        "cpu_s": cpu_total,
         "log_errors": len(errs),
         "log_warnings": warns,
         "top_errors": summarize_errors(errs),
@@ -416,32 +458,46 @@ def ratio(a, b):
     return "%.2f" % (a / b)
 
 
+FLOOR_HEAD = {"floor": "floor (uac, no pua)", "nullpua": "nullpua floor (pua_usrloc + null pua)"}
+FLOOR_SHORT = {"floor": "floor", "nullpua": "nullpua"}
+
+
 def table(results, rates):
+    """Per rate: medians [min-max] per configuration, ours/C, and per floor
+    configuration present the differences above it and their ratio."""
     out = []
     for rate in rates:
         rows = {c: [r for r in results if r["rate"] == rate and r["config"] == c] for c in CONFIGS}
+        floors = [c for c in ("floor", "nullpua") if rows[c]]
         n = max(len(v) for v in rows.values())
         out.append("")
         out.append("Offered %d REGISTER/s, %d users (medians of %d rounds, [min-max])"
                    % (rate, rows["ours"][0]["users"] if rows["ours"] else 0, n))
         out.append("")
-        out.append("| metric | ours | C | floor (uac, no pua) | ours/C | ours-floor | C-floor | (ours-floor)/(C-floor) |")
-        out.append("|---|---|---|---|---|---|---|---|")
+        cols = ["ours", "C"] + [FLOOR_HEAD[c] for c in floors] + ["ours/C"]
+        for c in floors:
+            x = FLOOR_SHORT[c]
+            cols += ["ours-%s" % x, "C-%s" % x, "(ours-%s)/(C-%s)" % (x, x)]
+        out.append("| metric | " + " | ".join(cols) + " |")
+        out.append("|---" * (len(cols) + 1) + "|")
         for key, head, f in METRICS:
             cells = []
             meds = {}
-            for c in CONFIGS:
+            for c in ["ours", "c"] + floors:
                 m = med(rows[c], key)
                 meds[c] = m
                 lo, hi = rng(rows[c], key)
                 cells.append("%s [%s-%s]" % (fmt(f, m), fmt(f, lo), fmt(f, hi)) if m is not None else "-")
-            extra = ["-", "-", "-"]
-            if key in ("cpu_per_1k", "cpu_user_per_1k", "cpu_sys_per_1k", "shm_per_pub") and None not in meds.values():
-                do = meds["ours"] - meds["floor"]
-                dc = meds["c"] - meds["floor"]
-                extra = [f % do, f % dc, ratio(do, dc)]
-            out.append("| %s | %s | %s | %s | %s | %s |" % (
-                head, cells[0], cells[1], cells[2], ratio(meds["ours"], meds["c"]), " | ".join(extra)))
+            cells.append(ratio(meds["ours"], meds["c"]))
+            for c in floors:
+                extra = ["-", "-", "-"]
+                if key in ("cpu_per_1k", "cpu_user_per_1k", "cpu_sys_per_1k", "shm_per_pub") \
+                        and None not in (meds["ours"], meds["c"], meds[c]):
+                    do = meds["ours"] - meds[c]
+                    dc = meds["c"] - meds[c]
+                    extra = [f % do, f % dc, ratio(do, dc)]
+                cells += extra
+            out.append("| %s | %s |" % (head, " | ".join(cells)))
     return "\n".join(out)
 
 
@@ -878,6 +934,8 @@ def main():
     if os.path.abspath(a.pua) != ours_so:
         shutil.copy2(a.pua, ours_so)     # a rebuild during the run must not change it
     build_loadgen()
+    if "nullpua" in configs and not a.callgrind:
+        build_nullpua()
     cmd = "python3 bench/run.py " + " ".join(sys.argv[1:])
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     head = ("%s, `%s`\nours: %s sha256 %s, repo %s; C: %s\n2 cores, kamailio 5.6.3, -m %d, children=%d"
