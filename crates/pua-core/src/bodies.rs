@@ -1003,7 +1003,7 @@ fn scan_pidf(b: &[u8]) -> Option<Pidf<'_>> {
         }
         (colons == 0 || (colons == 1 && b[j - 1] != b':')).then_some(j)
     };
-    let local = |n: &[u8]| -> bool {
+    let is_tuple = |n: &[u8]| -> bool {
         let l = n.rsplit(|&c| c == b':').next().unwrap_or(n);
         l.eq_ignore_ascii_case(b"tuple")
     };
@@ -1059,7 +1059,7 @@ fn scan_pidf(b: &[u8]) -> Option<Pidf<'_>> {
                 let n = i + 1;
                 let e = name_end(n)?;
                 let name = &b[n..e];
-                let tuple_here = pidf.is_none() && local(name);
+                let tuple_here = pidf.is_none() && is_tuple(name);
                 let person_here = !person_seen && is_person(name);
                 i = e;
                 let mut keys: [&[u8]; 8] = [&[]; 8];

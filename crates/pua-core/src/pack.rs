@@ -104,13 +104,13 @@ const ORDER: ([u8; DICT.len()], [(u8, u8); 256]) = {
 /// would not get smaller.
 pub fn pack(body: &[u8]) -> Option<Vec<u8>> {
     let (order, span) = &ORDER;
-    let mut out = Vec::with_capacity(body.len() / 2);
-    // `body[copied..i]` is plain bytes not yet copied to `out`.
-    let mut copied = 0;
+    // Never reallocates: the output is at most as long as the input.
+    let mut out = Vec::with_capacity(body.len());
     let mut i = 0;
-    while i < body.len() {
-        match CLASS[body[i] as usize] {
+    while let Some(&c) = body.get(i) {
+        match CLASS[c as usize] {
             0 => {
+                out.push(c);
                 i += 1;
                 continue;
             }
@@ -118,26 +118,43 @@ pub fn pack(body: &[u8]) -> Option<Vec<u8>> {
             _ => {}
         }
         let rest = &body[i..];
-        let (start, count) = span[rest[0] as usize];
+        let (start, count) = span[c as usize];
         // Every entry is at least 2 bytes: check the second byte before
         // comparing the whole entry.
         let second = rest.get(1).copied();
         let hit = order[start as usize..(start + count) as usize]
             .iter()
             .map(|&k| (k, DICT[k as usize]))
-            .find(|&(_, w)| Some(w[1]) == second && rest.starts_with(w));
+            .find(|&(_, w)| Some(w[1]) == second && starts_with(rest, w));
         match hit {
             Some((k, w)) => {
-                out.extend_from_slice(&body[copied..i]);
                 out.push(code(k as usize));
                 i += w.len();
-                copied = i;
             }
-            None => i += 1,
+            None => {
+                out.push(c);
+                i += 1;
+            }
         }
     }
-    out.extend_from_slice(&body[copied..]);
     (out.len() < body.len()).then_some(out)
+}
+
+/// `rest.starts_with(w)` for the short dictionary entries, 8 bytes at a
+/// time without a call into memcmp.
+fn starts_with(rest: &[u8], w: &[u8]) -> bool {
+    let Some(r) = rest.get(..w.len()) else {
+        return false;
+    };
+    let mut a = r.chunks_exact(8);
+    let mut b = w.chunks_exact(8);
+    let word = |c: &[u8]| c.try_into().map_or(0, u64::from_ne_bytes);
+    for (x, y) in (&mut a).zip(&mut b) {
+        if word(x) != word(y) {
+            return false;
+        }
+    }
+    a.remainder().iter().eq(b.remainder())
 }
 
 /// Unpacks what [`pack`] made.
