@@ -977,14 +977,7 @@ fn scan_pidf(b: &[u8]) -> Option<Pidf<'_>> {
     if !b.iter().fold(true, |ok, &c| ok & plain(c)) {
         return None;
     }
-    let is_ws = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
-    let skip_ws = |i: &mut usize| -> bool {
-        let from = *i;
-        while b.get(*i).is_some_and(|&c| is_ws(c)) {
-            *i += 1;
-        }
-        *i > from
-    };
+    let skip_ws = |i: &mut usize| skip_xml_ws(b, i);
     // A name at `i`: its end, or None when there is none or it is unusual.
     let name_end = |i: usize| -> Option<usize> {
         let first = *b.get(i)?;
@@ -1185,27 +1178,18 @@ fn scan_pidf(b: &[u8]) -> Option<Pidf<'_>> {
 /// (either quote, any case of UTF-8, whitespace as XML allows it); `None`
 /// for anything else.
 fn xml_declaration_end(b: &[u8]) -> Option<usize> {
-    let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
     let mut i = b"<?xml".len();
     let pseudo_attr = |i: &mut usize, name: &[u8]| -> Option<&[u8]> {
-        let from = *i;
-        while b.get(*i).is_some_and(ws) {
-            *i += 1;
-        }
-        if *i == from || !b.get(*i..)?.starts_with(name) {
+        if !skip_xml_ws(b, i) || !b.get(*i..)?.starts_with(name) {
             return None;
         }
         *i += name.len();
-        while b.get(*i).is_some_and(ws) {
-            *i += 1;
-        }
+        skip_xml_ws(b, i);
         if b.get(*i) != Some(&b'=') {
             return None;
         }
         *i += 1;
-        while b.get(*i).is_some_and(ws) {
-            *i += 1;
-        }
+        skip_xml_ws(b, i);
         let q = *b.get(*i)?;
         if !matches!(q, b'"' | b'\'') {
             return None;
@@ -1225,10 +1209,20 @@ fn xml_declaration_end(b: &[u8]) -> Option<usize> {
         }
         i = j;
     }
-    while b.get(i).is_some_and(ws) {
-        i += 1;
-    }
+    skip_xml_ws(b, &mut i);
     b.get(i..)?.starts_with(b"?>").then_some(i + 2)
+}
+
+/// Moves `i` past XML white space in `b`; whether there was any.
+fn skip_xml_ws(b: &[u8], i: &mut usize) -> bool {
+    let from = *i;
+    while b
+        .get(*i)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        *i += 1;
+    }
+    *i > from
 }
 
 #[cfg(test)]
