@@ -423,13 +423,6 @@ impl RecordData {
         RecordData {
             id: v(F::Id),
             pres_uri: v(F::PresUri),
-            event: n.event,
-            expires: n.expires,
-            desired_expires: n.desired_expires,
-            flag: n.flag,
-            db_flag: n.db_flag,
-            cb_param: n.cb_param as usize,
-            ua_flag: n.ua_flag,
             outbound_proxy: o(F::OutboundProxy),
             etag: v(F::Etag),
             tuple_id: v(F::TupleId),
@@ -439,13 +432,28 @@ impl RecordData {
             call_id: v(F::CallId),
             to_tag: v(F::ToTag),
             from_tag: v(F::FromTag),
-            cseq: n.cseq,
-            version: n.version,
             extra_headers: o(F::ExtraHeaders),
             record_route: v(F::RecordRoute),
             remote_contact: v(F::RemoteContact),
             contact: v(F::Contact),
+            ..Self::scalars(n)
+        }
+    }
+
+    /// The fixed-size fields of a block and its engine state; strings empty.
+    fn scalars(n: &Node) -> RecordData {
+        RecordData {
+            event: n.event,
+            expires: n.expires,
+            desired_expires: n.desired_expires,
+            flag: n.flag,
+            db_flag: n.db_flag,
+            cb_param: n.cb_param as usize,
+            ua_flag: n.ua_flag,
+            cseq: n.cseq,
+            version: n.version,
             ext: n.ext,
+            ..Default::default()
         }
     }
 
@@ -459,17 +467,7 @@ impl RecordData {
             id: n.id().to_vec(),
             pres_uri: n.pres_uri().to_vec(),
             watcher_uri: n.watcher_uri().map(<[u8]>::to_vec),
-            event: n.event,
-            expires: n.expires,
-            desired_expires: n.desired_expires,
-            flag: n.flag,
-            db_flag: n.db_flag,
-            cb_param: n.cb_param as usize,
-            ua_flag: n.ua_flag,
-            cseq: n.cseq,
-            version: n.version,
-            ext: n.ext,
-            ..Default::default()
+            ..Self::scalars(n)
         }
     }
 
