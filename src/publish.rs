@@ -41,11 +41,13 @@ impl Host for KamHost {
         next_hop: Option<&[u8]>,
     ) -> Result<(), SendError> {
         let st = state().ok_or(SendError)?;
-        // SAFETY: a request block we own until tm hands it back.
-        let uri = unsafe { req.node() }.pres_uri().to_vec();
+        // SAFETY: a request block we own until tm hands it back, which is
+        // never before tm has copied the URI (as the body, also borrowed
+        // from the block): it builds the request before it sends it.
+        let uri = unsafe { req.node() }.pres_uri();
         let r = OutOfDialog {
             method: b"PUBLISH",
-            uri: &uri,
+            uri,
             headers,
             body,
             next_hop,
@@ -304,24 +306,43 @@ pub unsafe fn send_publish(publ: &publ_info_t) -> c_int {
     }
     let t = now();
     let cfg = &engine.cfg;
-    let opt = |p: *const str_| (!p.is_null()).then(|| str_ptr_bytes(p).to_vec());
-    let mut intent = RecordData {
-        id: pua_core::shm::str_bytes(&publ.id).to_vec(),
-        pres_uri: str_ptr_bytes(publ.pres_uri).to_vec(),
-        event: publ.event,
-        flag: publ.source_flag,
-        cb_param: publ.cb_param as usize,
-        ua_flag: pua_core::flags::REQ_OTHER,
-        outbound_proxy: opt(publ.outbound_proxy).filter(|v| !v.is_empty()),
-        etag: opt(publ.etag).unwrap_or_default(),
-        body: (!publ.body.is_null() && !(*publ.body).s.is_null())
-            .then(|| str_ptr_bytes(publ.body).to_vec()),
-        content_type: pua_core::shm::str_bytes(&publ.content_type).to_vec(),
-        extra_headers: opt(publ.extra_headers).filter(|v| !v.is_empty()),
-        desired_expires: pua_core::publish::desired_expires(publ.expires, t),
-        ..Default::default()
-    };
-    intent.ext.asked =
+    let asked =
         pua_core::publish::asked_expires(publ.expires, cfg.default_expires, cfg.min_expires);
-    engine.send_publish(&KamHost, intent)
+    thread_local! {
+        // Its strings' capacity is reused: no heap allocation per call for
+        // the usual fields.
+        static INTENT: std::cell::RefCell<RecordData> = std::cell::RefCell::new(RecordData::default());
+    }
+    pua_core::scratch::with_scratch(&INTENT, |intent| {
+        let spare = intent.clear();
+        let put = |v: &mut Vec<u8>, s: &[u8]| v.extend_from_slice(s);
+        let opt = |p: *const str_| {
+            (!p.is_null())
+                .then(|| str_ptr_bytes(p))
+                .filter(|v| !v.is_empty())
+        };
+        put(&mut intent.id, pua_core::shm::str_bytes(&publ.id));
+        put(&mut intent.pres_uri, str_ptr_bytes(publ.pres_uri));
+        intent.event = publ.event;
+        intent.flag = publ.source_flag;
+        intent.cb_param = publ.cb_param as usize;
+        intent.ua_flag = pua_core::flags::REQ_OTHER;
+        intent.outbound_proxy = opt(publ.outbound_proxy).map(<[u8]>::to_vec);
+        if !publ.etag.is_null() {
+            put(&mut intent.etag, str_ptr_bytes(publ.etag));
+        }
+        if !publ.body.is_null() && !(*publ.body).s.is_null() {
+            let mut b = spare.unwrap_or_default();
+            put(&mut b, str_ptr_bytes(publ.body));
+            intent.body = Some(b);
+        }
+        put(
+            &mut intent.content_type,
+            pua_core::shm::str_bytes(&publ.content_type),
+        );
+        intent.extra_headers = opt(publ.extra_headers).map(<[u8]>::to_vec);
+        intent.desired_expires = pua_core::publish::desired_expires(publ.expires, t);
+        intent.ext.asked = asked;
+        engine.send_publish_in(&KamHost, intent)
+    })
 }

@@ -4,6 +4,7 @@ use super::shim;
 use pua_core::publish::ReplyInfo;
 use pua_core::shm::str_bytes;
 use pua_sys::sip_msg;
+use std::borrow::Cow;
 
 /// tm's FAKED_REPLY: `(struct sip_msg*)-1`, "no reply" (local timeout).
 pub const FAKED_REPLY: *mut sip_msg = usize::MAX as *mut sip_msg;
@@ -19,8 +20,9 @@ pub fn is_real(msg: *mut sip_msg) -> bool {
 /// reported as unusable.
 ///
 /// # Safety
-/// `msg` must be a real reply (see [`is_real`]) owned by tm for the call.
-pub unsafe fn reply_info(msg: *mut sip_msg, code: i32) -> ReplyInfo {
+/// `msg` must be a real reply (see [`is_real`]) owned by tm for the call,
+/// and outlive `'a` (the values are borrowed from it).
+pub unsafe fn reply_info<'a>(msg: *mut sip_msg, code: i32) -> ReplyInfo<'a> {
     reply_info_for(msg, code, true)
 }
 
@@ -32,7 +34,11 @@ pub unsafe fn reply_info(msg: *mut sip_msg, code: i32) -> ReplyInfo {
 ///
 /// # Safety
 /// As [`reply_info`].
-pub unsafe fn reply_info_for(msg: *mut sip_msg, code: i32, for_consumers: bool) -> ReplyInfo {
+pub unsafe fn reply_info_for<'a>(
+    msg: *mut sip_msg,
+    code: i32,
+    for_consumers: bool,
+) -> ReplyInfo<'a> {
     if !for_consumers && !(*msg).buf.is_null() {
         let buf = std::slice::from_raw_parts((*msg).buf as *const u8, (*msg).len as usize);
         if let Some(info) = pua_core::publish::scan_reply_headers(code.max(0) as u32, buf) {
@@ -45,7 +51,7 @@ pub unsafe fn reply_info_for(msg: *mut sip_msg, code: i32, for_consumers: bool) 
     };
     if shim::pua_shim_parse_all_headers(msg) < 0 {
         pua_core::lm_err!("cannot parse the headers of a {} reply", code);
-        info.expires = Some(b"<unparsable message>".to_vec());
+        info.expires = Some(Cow::Borrowed(b"<unparsable message>"));
         return info;
     }
     let mut h = (*msg).headers;
@@ -54,7 +60,7 @@ pub unsafe fn reply_info_for(msg: *mut sip_msg, code: i32, for_consumers: bool) 
         h = (*h).next;
     }
     if info.expires.is_some() && shim::pua_shim_parse_expires((*msg).expires) < 0 {
-        info.expires = Some(b"<refused by Kamailio's Expires parser>".to_vec());
+        info.expires = Some(Cow::Borrowed(b"<refused by Kamailio's Expires parser>"));
     }
     info
 }
@@ -69,9 +75,9 @@ pub unsafe fn sub_reply_info(msg: *mut sip_msg, code: i32) -> pua_core::subscrib
     let mut d = shim::ReplyDlg::default();
     let mut info = pua_core::subscribe::SubReplyInfo {
         code: base.code,
-        expires: base.expires,
-        min_expires: base.min_expires,
-        retry_after: base.retry_after,
+        expires: base.expires.map(Cow::into_owned),
+        min_expires: base.min_expires.map(Cow::into_owned),
+        retry_after: base.retry_after.map(Cow::into_owned),
         ..Default::default()
     };
     if shim::pua_shim_reply_dialog(msg, &mut d) == 0 {

@@ -142,6 +142,15 @@ fn same_publication(p: &Node, q: &RecordData, qh: u32) -> bool {
         && (q.id.is_empty() || p.id() == q.id.as_slice())
 }
 
+/// [`same_publication`] of a record and a request block (its identity).
+fn same_publication_as(p: &Node, q: &Node) -> bool {
+    p.flag & q.flag != 0
+        && p.event & q.event != 0
+        && p.uri_is(q.uri_hash, q.pres_uri())
+        && p.watcher_uri().unwrap_or_default().is_empty()
+        && (q.id().is_empty() || p.id() == q.id())
+}
+
 impl Engine {
     /// Deletes a record from its (locked) bucket; with persistence on, its
     /// row is deleted at the next sync.
@@ -168,7 +177,13 @@ impl Engine {
     /// (`ext.asked` = Expires to ask, 0 removes; `etag` = its If-Match, if
     /// any; `body` raw). Returns 0, -1, [`ERR_WRONG_ETAG`] or
     /// [`ERR_PUBLISH_NO_BODY`].
-    pub fn send_publish(&self, host: &dyn Host, intent: RecordData) -> i32 {
+    pub fn send_publish(&self, host: &dyn Host, mut intent: RecordData) -> i32 {
+        self.send_publish_in(host, &mut intent)
+    }
+
+    /// [`Engine::send_publish`] with the intent in the caller's buffer,
+    /// which it changes (the caller's scratch: its capacity is reused).
+    pub fn send_publish_in(&self, host: &dyn Host, intent: &mut RecordData) -> i32 {
         let Some(ev) = events::by_flag(intent.event) else {
             lm_err!("send_publish: event {} is not registered", intent.event);
             return -1;
@@ -177,7 +192,7 @@ impl Engine {
             lm_err!("send_publish: empty presentity URI");
             return -1;
         }
-        if self.preload_publication(host, &intent).is_err() {
+        if self.preload_publication(host, intent).is_err() {
             return -1;
         }
         let bucket = self.table.bucket_of(&intent.pres_uri, None);
@@ -191,11 +206,16 @@ impl Engine {
     }
 
     /// Decides under the bucket lock; returns the request to send, if any.
-    fn decide(&self, host: &dyn Host, ev: Event, intent: RecordData) -> Result<Option<Rec>, i32> {
+    fn decide(
+        &self,
+        host: &dyn Host,
+        ev: Event,
+        intent: &mut RecordData,
+    ) -> Result<Option<Rec>, i32> {
         let now = host.now();
         let mut b = self.bucket(&intent.pres_uri);
         let if_match = (!intent.etag.is_empty()).then(|| intent.etag.clone());
-        let rec = Self::find(&b, &intent, if_match.as_deref());
+        let rec = Self::find(&b, intent, if_match.as_deref());
         if if_match.is_some() && rec.is_none() {
             lm_dbg!("send_publish: no publication with the given etag");
             return Err(ERR_WRONG_ETAG);
@@ -206,7 +226,7 @@ impl Engine {
         match rec {
             Some(r) if ext_of(r).state != 0 => {
                 // One request in flight per publication (RFC 3903 4.1).
-                let mut queued = intent;
+                let mut queued = std::mem::take(intent);
                 let asked = queued.ext.asked;
                 queued.ext = Default::default();
                 queued.ext.asked = asked;
@@ -234,7 +254,7 @@ impl Engine {
                     lm_err!("send_publish: body rejected: {}", e);
                     -1
                 })?;
-                let mut d = intent;
+                let d = intent;
                 d.body = Some(body);
                 d.tuple_id = tuple.unwrap_or_default();
                 d.etag.clear();
@@ -247,10 +267,10 @@ impl Engine {
                 d.ext.gen = 1;
                 d.ext.sent_at = now;
                 let (ua_flag, cb_param) = (d.ua_flag, d.cb_param);
-                let Some(r) = record_block(&mut d) else {
+                let Some(r) = record_block(d) else {
                     return Err(out_of_shm(&d.pres_uri));
                 };
-                let mut req = d;
+                let req = d;
                 req.ua_flag = ua_flag;
                 req.cb_param = cb_param;
                 req.ext = Default::default();
@@ -396,17 +416,24 @@ impl Engine {
             }
         });
         let etag = (kind != Kind::Initial).then_some(n.etag());
-        let headers = publish::build_headers(
-            ev.name_bytes(),
-            asked,
-            etag,
-            ct,
-            n.opt(crate::table::F::ExtraHeaders),
-        );
         let next_hop = n
             .opt(crate::table::F::OutboundProxy)
             .or(self.cfg.outbound_proxy.as_deref());
-        match host.send(req, &headers, body, next_hop) {
+        thread_local! {
+            static HEADERS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let sent = crate::scratch::with_scratch(&HEADERS, |headers| {
+            publish::build_headers_into(
+                headers,
+                ev.name_bytes(),
+                asked,
+                etag,
+                ct,
+                n.opt(crate::table::F::ExtraHeaders),
+            );
+            host.send(req, headers, body, next_hop)
+        });
+        match sent {
             Ok(()) => 0,
             Err(SendError) => {
                 let d = RecordData::from_rec(req);
@@ -448,8 +475,14 @@ impl Engine {
     /// The reply to request `req` (`reply` None: tm's FAKED_REPLY).
     pub fn on_reply(&self, host: &dyn Host, req: Rec, reply: Option<&ReplyInfo>, msg: Msg) {
         let now = host.now();
-        // The identity and scalars; the whole request only for callbacks.
-        let rd = RecordData::key_of(req);
+        // The scalars; the whole request only for callbacks.
+        let rd = RecordData::scalars_of(req);
+        // SAFETY: tm handed the block back: ours until it is freed or
+        // parked on its record below, and only read before that (under the
+        // bucket lock).
+        let q = unsafe { req.node() };
+        let pres_uri = q.pres_uri();
+        let bucket = self.table.bucket_of(pres_uri, None);
         let kind = Kind::from_u32(rd.ext.kind).unwrap_or(Kind::Refresh);
         let outcome = classify(reply, kind, rd.ext.retries, rd.ext.flags & EXT_HAD_423 != 0);
         let mut final_reply = true;
@@ -459,9 +492,9 @@ impl Engine {
         let mut next: Option<Rec> = None;
         let mut pending = Vec::new();
         {
-            let mut b = self.bucket(&rd.pres_uri);
+            let mut b = self.table.lock(bucket);
             let rec = b
-                .find(|p| same_publication(p, &rd, crate::hash::uri_hash(&rd.pres_uri)))
+                .find(|p| same_publication_as(p, q))
                 .filter(|&r| ext_of(r).gen == rd.ext.gen);
             match (&outcome, rec) {
                 (Outcome::Stored { etag, expires }, Some(r))
@@ -499,7 +532,7 @@ impl Engine {
                     if e.flags & EXT_TIMEOUT_LOGGED == 0 {
                         lm_warn!(
                             "PUBLISH for {} got no reply; keeping the record and retrying at the next pass",
-                            String::from_utf8_lossy(&rd.pres_uri)
+                            String::from_utf8_lossy(pres_uri)
                         );
                         e.flags |= EXT_TIMEOUT_LOGGED;
                     }
@@ -524,7 +557,7 @@ impl Engine {
                 (Outcome::Republish, Some(r)) if b.get(r).body().is_none() => {
                     lm_err!(
                         "412 for {} and no body kept; dropping it",
-                        String::from_utf8_lossy(&rd.pres_uri)
+                        String::from_utf8_lossy(pres_uri)
                     );
                     pending = take_pending(ext_of(r));
                     self.drop_record(&mut b, r);
@@ -532,7 +565,7 @@ impl Engine {
                 (Outcome::Republish, Some(r)) => {
                     lm_info!(
                         "412 for {}: the server lost the publication; publishing it anew",
-                        String::from_utf8_lossy(&rd.pres_uri)
+                        String::from_utf8_lossy(pres_uri)
                     );
                     let mut d = RecordData::from_rec(r);
                     d.etag.clear();
@@ -588,7 +621,7 @@ impl Engine {
                     lm_info!(
                         "{} for {}: sending again in {} s",
                         reply.map_or(0, |r| r.code),
-                        String::from_utf8_lossy(&rd.pres_uri),
+                        String::from_utf8_lossy(pres_uri),
                         s
                     );
                     let re = ext_of(req);
@@ -603,7 +636,7 @@ impl Engine {
                 (Outcome::Failed { reason }, rec) => {
                     lm_err!(
                         "PUBLISH for {} failed: {}",
-                        String::from_utf8_lossy(&rd.pres_uri),
+                        String::from_utf8_lossy(pres_uri),
                         reason
                     );
                     if reply.is_some_and(|r| (200..300).contains(&r.code)) {
@@ -640,7 +673,7 @@ impl Engine {
             self.send_req(host, n);
         }
         self.resubmit(host, pending);
-        self.settle(host, Some(&[self.bucket_of_data(&rd)]));
+        self.settle(host, Some(&[bucket]));
     }
 
     /// A confirmed publication whose last request got no reply at all has
@@ -1099,11 +1132,11 @@ mod tests {
         }
     }
 
-    fn ok(etag: &str, expires: u32) -> ReplyInfo {
+    fn ok(etag: &str, expires: u32) -> ReplyInfo<'static> {
         ReplyInfo {
             code: 200,
-            expires: Some(expires.to_string().into_bytes()),
-            etag: Some(etag.as_bytes().to_vec()),
+            expires: Some(expires.to_string().into_bytes().into()),
+            etag: Some(etag.as_bytes().to_vec().into()),
             ..Default::default()
         }
     }
@@ -1294,7 +1327,7 @@ mod tests {
         assert!(hdr.contains("Expires: 60\r\n"), "no +1: {hdr}");
         let r423 = ReplyInfo {
             code: 423,
-            min_expires: Some(b"1800".to_vec()),
+            min_expires: Some(b"1800".to_vec().into()),
             ..Default::default()
         };
         e.on_reply(&h, req, Some(&r423), MSG);
@@ -1315,7 +1348,7 @@ mod tests {
         let (req, _, _) = pop_sent(&h);
         let r503 = ReplyInfo {
             code: 503,
-            retry_after: Some(b"5".to_vec()),
+            retry_after: Some(b"5".to_vec().into()),
             ..Default::default()
         };
         e.on_reply(&h, req, Some(&r503), MSG);
@@ -1396,7 +1429,7 @@ mod tests {
         busy.code = 503;
         busy.etag = None;
         busy.expires = None;
-        busy.retry_after = Some(b"30".to_vec());
+        busy.retry_after = Some(b"30".to_vec().into());
         e.on_reply(&h, req, Some(&busy), MSG);
         e.send_publish(&h, intent(Some("<e/>"), -1, 0));
         assert!(h.sent.borrow().is_empty(), "waits for the Retry-After");
@@ -1429,8 +1462,8 @@ mod tests {
         let (req, _, _) = pop_sent(&h);
         let bad = ReplyInfo {
             code: 200,
-            expires: Some(b"banana".to_vec()),
-            etag: Some(b"x".to_vec()),
+            expires: Some(b"banana".to_vec().into()),
+            etag: Some(b"x".to_vec().into()),
             ..Default::default()
         };
         e.on_reply(&h, req, Some(&bad), MSG);
@@ -1840,8 +1873,8 @@ mod tests {
             req,
             Some(&ReplyInfo {
                 code: 200,
-                expires: Some(b"0".to_vec()),
-                etag: Some(b"e3".to_vec()),
+                expires: Some(b"0".to_vec().into()),
+                etag: Some(b"e3".to_vec().into()),
                 ..Default::default()
             }),
             MSG,

@@ -25,6 +25,7 @@ pub mod params;
 pub mod persist;
 pub mod pid;
 pub mod publish;
+pub mod scratch;
 pub mod shm;
 pub mod slab;
 pub mod subscribe;

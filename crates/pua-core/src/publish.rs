@@ -2,6 +2,8 @@
 //! the Expires values, and what a reply means. The engine itself (tm,
 //! table, callbacks) is in the `pua` crate's `publish` module.
 
+use std::borrow::Cow;
+
 /// What a PUBLISH does to its publication.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -83,18 +85,33 @@ pub fn build_headers(
     content_type: Option<&[u8]>,
     extra_headers: Option<&[u8]>,
 ) -> Vec<u8> {
-    let mut h = Vec::with_capacity(
+    let mut h = Vec::new();
+    build_headers_into(&mut h, event, expires, etag, content_type, extra_headers);
+    h
+}
+
+/// [`build_headers`] into `h` (cleared first; its capacity is reused).
+pub fn build_headers_into(
+    h: &mut Vec<u8>,
+    event: &[u8],
+    expires: u32,
+    etag: Option<&[u8]>,
+    content_type: Option<&[u8]>,
+    extra_headers: Option<&[u8]>,
+) {
+    h.clear();
+    h.reserve(
         96 + event.len()
             + etag.map_or(0, <[u8]>::len)
             + content_type.map_or(0, <[u8]>::len)
             + extra_headers.map_or(0, <[u8]>::len),
     );
     h.extend_from_slice(b"Max-Forwards: ");
-    push_decimal(&mut h, MAX_FORWARDS);
+    push_decimal(h, MAX_FORWARDS);
     h.extend_from_slice(b"\r\nEvent: ");
     h.extend_from_slice(event);
     h.extend_from_slice(b"\r\nExpires: ");
-    push_decimal(&mut h, expires);
+    push_decimal(h, expires);
     h.extend_from_slice(b"\r\n");
     if let Some(e) = etag {
         h.extend_from_slice(b"SIP-If-Match: ");
@@ -112,7 +129,6 @@ pub fn build_headers(
             h.extend_from_slice(b"\r\n");
         }
     }
-    h
 }
 
 /// Appends `v` in decimal (no `format!` on the hot path).
@@ -169,13 +185,14 @@ fn trim(v: &[u8]) -> &[u8] {
 
 /// The parts of a reply the engine looks at.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReplyInfo {
+pub struct ReplyInfo<'a> {
     pub code: u32,
-    /// Raw header values (None when the header is absent).
-    pub expires: Option<Vec<u8>>,
-    pub etag: Option<Vec<u8>>,
-    pub min_expires: Option<Vec<u8>>,
-    pub retry_after: Option<Vec<u8>>,
+    /// Raw header values (None when the header is absent), borrowed from
+    /// the reply while tm's callback runs.
+    pub expires: Option<Cow<'a, [u8]>>,
+    pub etag: Option<Cow<'a, [u8]>>,
+    pub min_expires: Option<Cow<'a, [u8]>>,
+    pub retry_after: Option<Cow<'a, [u8]>>,
 }
 
 /// The PUBLISH-relevant headers of a reply read straight from its bytes
@@ -187,7 +204,7 @@ pub struct ReplyInfo {
 /// first of several headers wins. `None` when the header section is not
 /// well-formed (a line without a colon, no end): the caller then takes
 /// Kamailio's parser, which reports the error.
-pub fn scan_reply_headers(code: u32, buf: &[u8]) -> Option<ReplyInfo> {
+pub fn scan_reply_headers(code: u32, buf: &[u8]) -> Option<ReplyInfo<'_>> {
     let mut info = ReplyInfo {
         code,
         ..Default::default()
@@ -226,10 +243,10 @@ pub fn scan_reply_headers(code: u32, buf: &[u8]) -> Option<ReplyInfo> {
     }
 }
 
-impl ReplyInfo {
+impl<'a> ReplyInfo<'a> {
     /// Takes a header's value if it is one of the four and the first of its
     /// name (names compared case-insensitively).
-    pub fn offer(&mut self, name: &[u8], value: &[u8]) {
+    pub fn offer(&mut self, name: &[u8], value: &'a [u8]) {
         let slot = if name.eq_ignore_ascii_case(b"Expires") {
             &mut self.expires
         } else if name.eq_ignore_ascii_case(b"SIP-ETag") {
@@ -242,7 +259,7 @@ impl ReplyInfo {
             return;
         };
         if slot.is_none() {
-            *slot = Some(value.to_vec());
+            *slot = Some(Cow::Borrowed(value));
         }
     }
 }
@@ -254,9 +271,9 @@ pub const MAX_RETRY_AFTER: u32 = 3600;
 
 /// What to do with a reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Outcome<'a> {
     /// 2xx with a usable Expires (> 0) and SIP-ETag: store them.
-    Stored { etag: Vec<u8>, expires: u32 },
+    Stored { etag: &'a [u8], expires: u32 },
     /// 2xx with Expires: 0: the publication is gone.
     Removed,
     /// No reply (tm's local timeout): keep the record, retry at the next pass.
@@ -274,7 +291,12 @@ pub enum Outcome {
 /// Classifies a reply to a PUBLISH of kind `kind` that has been retried
 /// `retries` times (`had_423`: one of them answered a 423, which is retried
 /// only once). `None` info means tm's FAKED_REPLY (no reply).
-pub fn classify(info: Option<&ReplyInfo>, kind: Kind, retries: u32, had_423: bool) -> Outcome {
+pub fn classify<'a>(
+    info: Option<&'a ReplyInfo<'_>>,
+    kind: Kind,
+    retries: u32,
+    had_423: bool,
+) -> Outcome<'a> {
     let Some(r) = info else {
         return Outcome::LocalTimeout;
     };
@@ -300,7 +322,7 @@ pub fn classify(info: Option<&ReplyInfo>, kind: Kind, retries: u32, had_423: boo
             }
             match r.etag.as_deref().map(trim) {
                 Some(e) if !e.is_empty() => Outcome::Stored {
-                    etag: e.to_vec(),
+                    etag: e,
                     expires: exp,
                 },
                 _ => Outcome::Failed {
@@ -438,7 +460,7 @@ mod tests {
         assert_eq!(parse_delta_seconds(b"99999999999"), None);
     }
 
-    fn reply(code: u32) -> ReplyInfo {
+    fn reply(code: u32) -> ReplyInfo<'static> {
         ReplyInfo {
             code,
             ..Default::default()
@@ -448,21 +470,21 @@ mod tests {
     #[test]
     fn classify_replies() {
         let mut ok = reply(200);
-        ok.expires = Some(b"3600".to_vec());
-        ok.etag = Some(b"abc".to_vec());
+        ok.expires = Some(Cow::Borrowed(&b"3600"[..]));
+        ok.etag = Some(Cow::Borrowed(&b"abc"[..]));
         assert_eq!(
             classify(Some(&ok), Kind::Initial, 0, false),
             Outcome::Stored {
-                etag: b"abc".to_vec(),
+                etag: b"abc",
                 expires: 3600
             }
         );
-        ok.expires = Some(b"0".to_vec());
+        ok.expires = Some(Cow::Borrowed(&b"0"[..]));
         assert_eq!(
             classify(Some(&ok), Kind::Remove, 0, false),
             Outcome::Removed
         );
-        ok.expires = Some(b"banana".to_vec());
+        ok.expires = Some(Cow::Borrowed(&b"banana"[..]));
         assert!(matches!(
             classify(Some(&ok), Kind::Modify, 0, false),
             Outcome::Failed { .. }
@@ -472,7 +494,7 @@ mod tests {
             classify(Some(&ok), Kind::Modify, 0, false),
             Outcome::Failed { .. }
         ));
-        ok.expires = Some(b"60".to_vec());
+        ok.expires = Some(Cow::Borrowed(&b"60"[..]));
         ok.etag = None;
         assert!(matches!(
             classify(Some(&ok), Kind::Modify, 0, false),
@@ -504,7 +526,7 @@ mod tests {
         ));
 
         let mut r = reply(423);
-        r.min_expires = Some(b"1800".to_vec());
+        r.min_expires = Some(Cow::Borrowed(&b"1800"[..]));
         assert_eq!(
             classify(Some(&r), Kind::Initial, 0, false),
             Outcome::RetryWithExpires(1800)
@@ -523,7 +545,7 @@ mod tests {
         ));
 
         let mut r = reply(503);
-        r.retry_after = Some(b"5".to_vec());
+        r.retry_after = Some(Cow::Borrowed(&b"5"[..]));
         assert_eq!(
             classify(Some(&r), Kind::Refresh, 1, false),
             Outcome::RetryAfter(5)

@@ -372,6 +372,31 @@ pub struct RecordData {
 // SAFETY: `Ext`'s pointers are shm addresses only dereferenced under locks.
 unsafe impl Send for RecordData {}
 
+impl RecordData {
+    /// Back to `Default`, keeping the capacity of the always-present strings
+    /// for the next use of a scratch value; returns the body's buffer
+    /// (emptied) for reuse, the body itself is `None` now.
+    pub fn clear(&mut self) -> Option<Vec<u8>> {
+        let keep = |v: &mut Vec<u8>| {
+            let mut v = std::mem::take(v);
+            v.clear();
+            v
+        };
+        let body = self.body.take().map(|mut b| {
+            b.clear();
+            b
+        });
+        *self = RecordData {
+            id: keep(&mut self.id),
+            pres_uri: keep(&mut self.pres_uri),
+            etag: keep(&mut self.etag),
+            content_type: keep(&mut self.content_type),
+            ..Default::default()
+        };
+        body
+    }
+}
+
 fn opt(p: *const str_) -> Option<Vec<u8>> {
     // SAFETY: callers pass records whose str pointers are null or valid.
     (!p.is_null()).then(|| unsafe { str_ptr_bytes(p) }.to_vec())
@@ -457,18 +482,10 @@ impl RecordData {
         }
     }
 
-    /// Only what identifies a block's record and the scalars of the block
-    /// (no body or other strings copied): for the reply path, which needs
-    /// the whole record only when consumer callbacks run.
-    pub fn key_of(r: Rec) -> RecordData {
+    /// The fixed-size fields and engine state of a block, no strings.
+    pub fn scalars_of(r: Rec) -> RecordData {
         // SAFETY: as `from_rec`.
-        let n = unsafe { r.node() };
-        RecordData {
-            id: n.id().to_vec(),
-            pres_uri: n.pres_uri().to_vec(),
-            watcher_uri: n.watcher_uri().map(<[u8]>::to_vec),
-            ..Self::scalars(n)
-        }
+        Self::scalars(unsafe { r.node() })
     }
 
     /// Builds the record as one shm block; `None` when shm is exhausted.
@@ -920,6 +937,23 @@ mod tests {
             expires: 1000,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn clear_resets_and_hands_back_the_body_buffer() {
+        let mut d = publ("sip:a@b", "i");
+        d.etag = b"e1".to_vec();
+        d.watcher_uri = Some(b"sip:w@b".to_vec());
+        d.ext.state = 1;
+        let cap = d.pres_uri.capacity();
+        let body = d.clear();
+        assert_eq!(d, RecordData::default());
+        assert!(d.pres_uri.capacity() >= cap, "capacity kept");
+        assert_eq!(
+            body.map(|b| (b.is_empty(), b.capacity() > 0)),
+            Some((true, true))
+        );
+        assert_eq!(d.clear(), None, "no body: no buffer");
     }
 
     #[test]
