@@ -331,7 +331,7 @@ unsafe extern "C" fn rpc_stats(rpc: *mut rpc_t, ctx: *mut c_void) {
         };
         let (records, buckets, chains) = st
             .table
-            .map(|t| (t.len() as i64, t.locks() as i64, t.buckets() as i64))
+            .map(|t| (t.len() as i64, t.configured() as i64, t.buckets() as i64))
             .unwrap_or((-1, 0, 0));
         r.int_struct(&[
             ("records", records),

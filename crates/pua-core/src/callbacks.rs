@@ -9,7 +9,7 @@ use crate::shm;
 use crate::sys::{pua_callback, pua_cb, sip_msg, ua_pres_t};
 use std::os::raw::c_void;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
 
 /// Written under `lock` (prepend a fully written node; nothing is removed
 /// before destroy), read without it: running the callbacks of a reply takes
@@ -19,7 +19,15 @@ struct ListHead {
     lock: FutexLock,
     next_id: i32,
     first: AtomicPtr<pua_callback>,
+    /// Registrations so far, counted after the node is linked.
+    count: AtomicU32,
 }
+
+/// This process's union of the registered callback types (see
+/// [`crate::local`]): whether a reply needs a callback is asked twice per
+/// PUBLISH.
+static TYPES: AtomicI32 = AtomicI32::new(0);
+static TYPES_FRESH: crate::local::Freshness = crate::local::Freshness::new();
 
 static HEAD: AtomicPtr<ListHead> = AtomicPtr::new(ptr::null_mut());
 
@@ -64,6 +72,8 @@ pub fn register(types: i32, f: pua_cb, param: *mut c_void) -> Result<(), Registe
         (*cb).next = head.first.load(Ordering::Relaxed);
     }
     head.first.store(cb, Ordering::Release);
+    head.count.fetch_add(1, Ordering::AcqRel);
+    TYPES_FRESH.invalidate();
     Ok(())
 }
 
@@ -96,18 +106,30 @@ pub unsafe fn run(hentity: *mut ua_pres_t, msg: *mut sip_msg) -> usize {
 /// Whether any registered callback is for one of the flags in `flag` (so
 /// that a caller can skip building the record it would hand them).
 pub fn any_for(flag: i32) -> bool {
-    let Some(head) = head() else { return false };
-    let mut p = head.first.load(Ordering::Acquire);
-    // SAFETY: nodes are only prepended, fully written, and freed at destroy.
-    unsafe {
-        while !p.is_null() {
-            if (*p).types & flag != 0 {
-                return true;
-            }
-            p = (*p).next;
-        }
+    registered_types() & flag != 0
+}
+
+/// The union of the registered callbacks' types, from this process's copy.
+fn registered_types() -> i32 {
+    if TYPES_FRESH.fresh() {
+        return TYPES.load(Ordering::Acquire);
     }
-    false
+    let Some(head) = head() else { return 0 };
+    let n = head.count.load(Ordering::Acquire);
+    if !TYPES_FRESH.confirm(n) {
+        let mut types = 0;
+        let mut p = head.first.load(Ordering::Acquire);
+        // SAFETY: nodes are only prepended, fully written, and freed at destroy.
+        unsafe {
+            while !p.is_null() {
+                types |= (*p).types;
+                p = (*p).next;
+            }
+        }
+        TYPES.store(types, Ordering::Release);
+        TYPES_FRESH.rebuilt(n);
+    }
+    TYPES.load(Ordering::Acquire)
 }
 
 /// Number of registered callbacks (diagnostics).
@@ -125,6 +147,7 @@ pub fn count() -> usize {
 
 /// Frees the list at module destroy.
 pub fn destroy() {
+    TYPES_FRESH.invalidate();
     let h = HEAD.swap(ptr::null_mut(), Ordering::AcqRel);
     if h.is_null() {
         return;

@@ -7,7 +7,7 @@ use crate::lock::FutexLock;
 use crate::shm::{self, str_bytes, BlockBuilder};
 use crate::sys::{evs_process_body_t, pua_event_t};
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 /// Which body processor a built-in event uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +89,8 @@ pub fn builtin_events(
 struct ListHead {
     lock: FutexLock,
     first: AtomicPtr<pua_event_t>,
+    /// Events added so far, counted after the node is linked.
+    count: AtomicU32,
 }
 
 static HEAD: AtomicPtr<ListHead> = AtomicPtr::new(ptr::null_mut());
@@ -141,6 +143,8 @@ pub fn add(
         (*ev).next = head.first.load(Ordering::Relaxed);
     }
     head.first.store(ev, Ordering::Release);
+    head.count.fetch_add(1, Ordering::AcqRel);
+    let _ = LOCAL.try_with(|l| l.borrow().fresh.invalidate());
     Ok(true)
 }
 
@@ -195,8 +199,54 @@ pub fn by_name(name: &[u8]) -> Option<Event> {
 }
 
 /// The event with this flag (`get_event`).
+/// This thread's copy of the events' flags (see [`crate::local`]): every
+/// PUBLISH looks its event up by flag, twice; the list in shm is linked
+/// nodes, newest first, so `presence` (added first) was the last of them.
+struct LocalEvents {
+    fresh: crate::local::Freshness,
+    by_flag: Vec<(i32, Event)>,
+}
+
+thread_local! {
+    static LOCAL: std::cell::RefCell<LocalEvents> = const {
+        std::cell::RefCell::new(LocalEvents {
+            fresh: crate::local::Freshness::new(),
+            by_flag: Vec::new(),
+        })
+    };
+}
+
+/// The event of `flag` (the newest one, when two share a flag, as the
+/// list walk finds it).
 pub fn by_flag(flag: i32) -> Option<Event> {
-    find(|e| e.flag() == flag)
+    let local = LOCAL.try_with(|l| {
+        let mut l = l.try_borrow_mut().ok()?;
+        if !l.fresh.fresh() {
+            let head = head()?;
+            let n = head.count.load(Ordering::Acquire);
+            if !l.fresh.confirm(n) {
+                let mut v = Vec::new();
+                let mut p = head.first.load(Ordering::Acquire);
+                while !p.is_null() {
+                    v.push((
+                        // SAFETY: nodes are fully written before they are linked.
+                        unsafe { (*p).ev_flag },
+                        Event(p),
+                    ));
+                    // SAFETY: as above; nodes live until destroy.
+                    p = unsafe { (*p).next };
+                }
+                l.by_flag = v;
+                l.fresh.rebuilt(n);
+            }
+        }
+        Some(l.by_flag.iter().find(|(f, _)| *f == flag).map(|&(_, e)| e))
+    });
+    match local {
+        Ok(Some(found)) => found,
+        // In use further up the stack, or the thread is exiting.
+        _ => find(|e| e.flag() == flag),
+    }
 }
 
 /// All events, newest first (as the C list).
@@ -215,6 +265,12 @@ pub fn all() -> Vec<Event> {
 
 /// Frees the list (module destroy, one process, after the workers are gone).
 pub fn destroy() {
+    let _ = LOCAL.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            l.fresh.invalidate();
+            l.by_flag.clear();
+        }
+    });
     let h = HEAD.swap(ptr::null_mut(), Ordering::AcqRel);
     if h.is_null() {
         return;

@@ -18,6 +18,7 @@ pub mod flags;
 pub mod guard;
 pub mod hash;
 pub mod libxml;
+pub mod local;
 pub mod lock;
 pub mod log;
 pub mod pack;
