@@ -500,9 +500,8 @@ impl Engine {
                 (Outcome::Stored { etag, expires }, Some(r))
                     if b.get_mut(r).set_in_place(crate::table::F::Etag, etag) =>
                 {
-                    // The usual refresh (same etag length) and the first
-                    // etag of a new record (its block has room for it):
-                    // changed in place.
+                    // The usual refresh: the same etag length (or a
+                    // shorter one), changed in place.
                     let n = b.get_mut(r);
                     mark_stored(n, now.saturating_add(*expires));
                     pending = take_pending(n.ext_mut());
@@ -922,27 +921,19 @@ fn out_of_shm(pres_uri: &[u8]) -> i32 {
 /// The shm block of a table record: a publication's body is kept packed
 /// (it is only read again to re-publish after a 412).
 fn record_block(d: &mut RecordData) -> Option<Rec> {
-    // A record without an etag gets one from the reply: room for it in the
-    // block saves a new block (allocation, copy, free) on the reply path.
-    let room = if d.etag.is_empty() { ETAG_ROOM } else { 0 };
     if d.ext.flags & EXT_BODY_PACKED == 0 {
         if let Some(p) = d.body.as_deref().and_then(crate::pack::pack) {
             // The packed body in the block, `d` left as it was.
             let raw = d.body.replace(p);
             d.ext.flags |= EXT_BODY_PACKED;
-            let r = d.to_shm_with_room(room);
+            let r = d.to_shm();
             d.ext.flags &= !EXT_BODY_PACKED;
             d.body = raw;
             return r;
         }
     }
-    d.to_shm_with_room(room)
+    d.to_shm()
 }
-
-/// Spare bytes in a new record's block for the etag its first 2xx brings
-/// (Kamailio's presence server sends etags of about 20 bytes, e.g.
-/// `a.1732640123.12345.1.0`; the slab's 32-byte size classes round up too).
-const ETAG_ROOM: usize = 32;
 
 /// [`enqueue`] for the SUBSCRIBE side.
 pub(crate) fn enqueue_request(e: &mut crate::table::Ext, q: Rec) {

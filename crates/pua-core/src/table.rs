@@ -194,8 +194,9 @@ pub struct Node {
     present: u16,
     /// Bytes of varints after the struct (15 varints of at most 3 bytes).
     lens_len: u8,
-    /// Unused bytes at the end of the block: a string field may grow in
-    /// place by that much ([`Node::set_in_place`]).
+    /// Unused bytes at the end of the block (left by a value made shorter
+    /// in place): a string field may grow in place by that much
+    /// ([`Node::set_in_place`]).
     room: u8,
     ext: Ext,
 }
@@ -229,10 +230,12 @@ impl Node {
 
     /// Sets a string field in the block itself: overwritten when the length
     /// is the same (an etag from the same server usually is), the tail
-    /// rewritten when the block's spare room holds the difference (the first
-    /// etag of a new record: see [`RecordData::to_shm_with_room`]); `false`
-    /// when neither fits (the caller builds a new block). Never `pres_uri`,
-    /// which is hashed into `uri_hash`.
+    /// rewritten when the value is shorter or the room a shorter value left
+    /// holds the difference; `false` otherwise (the caller builds a new
+    /// block). Never `pres_uri`, which is hashed into `uri_hash`. (New
+    /// blocks get no room: 32 spare bytes for a new record's first etag
+    /// saved its reply a new block, but cost 238 bytes of Kamailio's shm per
+    /// publication in the benchmark, not the 32 expected.)
     pub fn set_in_place(&mut self, f: F, v: &[u8]) -> bool {
         if matches!(f, F::PresUri) {
             return false;
@@ -327,7 +330,7 @@ impl Node {
         let mut head = unsafe { ptr::read(self) };
         head.next = ptr::null_mut();
         head.uri_hash = crate::hash::uri_hash(vals[F::PresUri as usize].unwrap_or(&[]));
-        write_block(head, &vals, 0)
+        write_block(head, &vals)
     }
 
     /// Whether this record's pres_uri is `uri`, whose
@@ -547,12 +550,6 @@ impl RecordData {
 
     /// Builds the record as one shm block; `None` when shm is exhausted.
     pub fn to_shm(&self) -> Option<Rec> {
-        self.to_shm_with_room(0)
-    }
-
-    /// [`RecordData::to_shm`] with `room` (at most 255) spare bytes at the
-    /// end, for a string field to grow into in place.
-    pub fn to_shm_with_room(&self, room: usize) -> Option<Rec> {
         let empty: &[u8] = &[];
         let fields: [(Option<&[u8]>, bool); NFIELDS] = [
             (Some(&self.id), false),
@@ -596,7 +593,7 @@ impl RecordData {
                 Some(v.unwrap_or(empty))
             };
         }
-        write_block(head, &vals, room)
+        write_block(head, &vals)
     }
 
     /// The bucket key of this record.
@@ -700,15 +697,14 @@ unsafe fn write_tail(tail: *mut u8, lens_len: usize, vals: &[Option<&[u8]>; NFIE
 
 /// Allocates a block holding `head` (its `present` and `lens_len` are
 /// computed here, `next` must be null) and the strings `vals` (`None`:
-/// absent, for the optional fields; empty otherwise), with `room` spare
-/// bytes at the end (at most 255).
-fn write_block(mut head: Node, vals: &[Option<&[u8]>; NFIELDS], room: usize) -> Option<Rec> {
+/// absent, for the optional fields; empty otherwise).
+fn write_block(mut head: Node, vals: &[Option<&[u8]>; NFIELDS]) -> Option<Rec> {
     let (lens_len, data_len, present) = layout(vals);
     head.present = present;
     head.lens_len = u8::try_from(lens_len).ok()?;
-    head.room = u8::try_from(room).ok()?;
+    head.room = 0;
     let hsize = std::mem::size_of::<Node>();
-    let base = shm::alloc_zeroed(hsize + lens_len + data_len + room)?;
+    let base = shm::alloc_zeroed(hsize + lens_len + data_len)?;
     let n = base as *mut Node;
     // SAFETY: `base` has room for the struct, the varints and the bytes.
     unsafe {
@@ -1028,12 +1024,16 @@ mod tests {
     fn set_in_place_uses_the_blocks_room() {
         global_arena();
         let mut d = publ("sip:alice@example.com", "UL_PUBLISH.x");
-        d.etag.clear();
+        d.etag = vec![b'x'; 32];
         d.extra_headers = Some(vec![b'X'; 130]); // a two-byte varint
-        let r = d.to_shm_with_room(32).unwrap();
+        let r = d.to_shm().unwrap();
         // SAFETY: fresh block, ours.
         let n = unsafe { &mut *r.as_ptr() };
-        // The first etag: longer, within the room.
+        assert_eq!(n.room, 0);
+        // Shorter: in place, the difference becomes room.
+        assert!(n.set_in_place(F::Etag, b""));
+        assert_eq!(n.room, 32);
+        // Longer again, within the room.
         assert!(n.set_in_place(F::Etag, b"a.1732640123.12345.1.0"));
         d.etag = b"a.1732640123.12345.1.0".to_vec();
         assert_eq!(RecordData::from_rec(r), d);
