@@ -132,23 +132,25 @@ pub struct PassStats {
     pub send_errors: usize,
 }
 
-/// A publication record's identity: what `search_htable` compares.
-/// `qh` is `crate::hash::uri_hash(&q.pres_uri)`.
-fn same_publication(p: &Node, q: &RecordData, qh: u32) -> bool {
-    p.flag & q.flag != 0
-        && p.event & q.event != 0
-        && p.uri_is(qh, &q.pres_uri)
+/// Whether record `p` is the publication of (flag, event, pres_uri with
+/// its `crate::hash::uri_hash` `uh`, id): what `search_htable` compares.
+fn is_publication(p: &Node, flag: i32, event: i32, uh: u32, uri: &[u8], id: &[u8]) -> bool {
+    p.flag & flag != 0
+        && p.event & event != 0
+        && p.uri_is(uh, uri)
         && p.watcher_uri().unwrap_or_default().is_empty()
-        && (q.id.is_empty() || p.id() == q.id.as_slice())
+        && (id.is_empty() || p.id() == id)
 }
 
-/// [`same_publication`] of a record and a request block (its identity).
+/// [`is_publication`] for `q`'s identity; `qh` is
+/// `crate::hash::uri_hash(&q.pres_uri)`.
+fn same_publication(p: &Node, q: &RecordData, qh: u32) -> bool {
+    is_publication(p, q.flag, q.event, qh, &q.pres_uri, &q.id)
+}
+
+/// [`is_publication`] for the identity of request block `q`.
 fn same_publication_as(p: &Node, q: &Node) -> bool {
-    p.flag & q.flag != 0
-        && p.event & q.event != 0
-        && p.uri_is(q.uri_hash, q.pres_uri())
-        && p.watcher_uri().unwrap_or_default().is_empty()
-        && (q.id().is_empty() || p.id() == q.id())
+    is_publication(p, q.flag, q.event, q.uri_hash, q.pres_uri(), q.id())
 }
 
 impl Engine {

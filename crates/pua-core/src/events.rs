@@ -144,7 +144,11 @@ pub fn add(
     }
     head.first.store(ev, Ordering::Release);
     head.count.fetch_add(1, Ordering::AcqRel);
-    let _ = LOCAL.try_with(|l| l.borrow().fresh.invalidate());
+    let _ = LOCAL.try_with(|l| {
+        if let Ok(l) = l.try_borrow() {
+            l.fresh.invalidate();
+        }
+    });
     Ok(true)
 }
 
