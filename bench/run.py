@@ -22,6 +22,7 @@ import glob
 import hashlib
 import json
 import os
+import random
 import re
 import select
 import shutil
@@ -498,7 +499,42 @@ def table(results, rates):
                     extra = [f % do, f % dc, ratio(do, dc)]
                 cells += extra
             out.append("| %s | %s |" % (head, " | ".join(cells)))
+        for c in floors:
+            line = paired_cpu(rows, c)
+            if line:
+                out.append("")
+                out.append(line)
     return "\n".join(out)
+
+
+def paired_cpu(rows, floor, draws=2000):
+    """CPU above `floor` paired by round (each round runs every
+    configuration back to back, so a round's differences share its machine
+    conditions): the medians of ours - floor and C - floor over the rounds,
+    their ratio, and a 90 % bootstrap interval of that ratio (rounds drawn
+    with replacement, fixed seed). It says how far the ratio can be trusted
+    when single rounds scatter as much as the difference measured."""
+    by = {c: {r["round"]: r["cpu_per_1k"] for r in rows[c] if r.get("cpu_per_1k") is not None}
+          for c in ("ours", "c", floor)}
+    rounds = sorted(set(by["ours"]) & set(by["c"]) & set(by[floor]))
+    if len(rounds) < 2:
+        return None
+    do = [by["ours"][k] - by[floor][k] for k in rounds]
+    dc = [by["c"][k] - by[floor][k] for k in rounds]
+    rnd = random.Random(3903)
+    ratios = []
+    for _ in range(draws):
+        pick = [rnd.randrange(len(rounds)) for _ in rounds]
+        mc = statistics.median(dc[i] for i in pick)
+        if mc > 0:
+            ratios.append(statistics.median(do[i] for i in pick) / mc)
+    ratios.sort()
+    mo, mc = statistics.median(do), statistics.median(dc)
+    interval = ("%.2f-%.2f" % (ratios[int(0.05 * len(ratios))], ratios[int(0.95 * len(ratios)) - 1])
+                if ratios else "-")
+    return ("CPU s / 1k PUBLISH above %s, paired by round (%d rounds): ours %s, C %s, "
+            "ratio %s, 90 %% bootstrap interval of the ratio %s"
+            % (FLOOR_SHORT[floor], len(rounds), "%.3f" % mo, "%.3f" % mc, ratio(mo, mc), interval))
 
 
 def notes(results, rates):
@@ -919,7 +955,14 @@ def main():
     ap.add_argument("--quiet-wait", type=float, default=90.0,
                     help="s to wait before a run while other kamailio/compiler processes run")
     ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--report", metavar="RESULTS_JSON",
+                    help="print the table of a finished run's results.json again (no run)")
     a = ap.parse_args()
+    if a.report:
+        with open(a.report) as f:
+            saved = json.load(f)
+        log(table(saved, sorted({r["rate"] for r in saved})))
+        return
     if a.quick:
         a.rounds, a.rates, a.duration = 1, "1000", 5.0
     rates = [int(x) for x in a.rates.split(",") if x]
