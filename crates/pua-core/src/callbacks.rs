@@ -178,6 +178,16 @@ mod tests {
     }
 
     #[test]
+    fn types_copy_sees_a_registration_in_this_process_at_once() {
+        global_arena();
+        // A flag no other test registers: the copy is built without it...
+        assert!(!any_for(DIALOG_PUBLISH));
+        register(DIALOG_PUBLISH, Some(cb_b), ptr::null_mut()).unwrap();
+        // ...and the registration makes the next question read shm again.
+        assert!(any_for(DIALOG_PUBLISH));
+    }
+
+    #[test]
     fn runs_matching_callbacks_once() {
         global_arena();
         register(

@@ -315,6 +315,19 @@ mod tests {
     }
 
     #[test]
+    fn local_copy_sees_an_event_added_in_this_thread_at_once() {
+        global_arena();
+        // The copy is built (and fresh for this second) without the event...
+        assert!(by_flag(1 << 22).is_none());
+        assert_eq!(add(1 << 22, b"late-ev", None, None), Ok(true));
+        // ...and an add in this thread makes the next lookup read shm again.
+        assert_eq!(
+            by_flag(1 << 22).map(|e| e.name_bytes().to_vec()),
+            Some(b"late-ev".to_vec())
+        );
+    }
+
+    #[test]
     fn add_find_and_share_across_fork() {
         global_arena();
         assert_eq!(
