@@ -507,6 +507,21 @@ def table(results, rates):
     return "\n".join(out)
 
 
+def bootstrap_ratio(num, den, draws=2000):
+    """Median ratio of paired lists and its 90 % bootstrap interval."""
+    rnd = random.Random(3903)
+    ratios = []
+    for _ in range(draws):
+        pick = [rnd.randrange(len(num)) for _ in num]
+        d = statistics.median(den[i] for i in pick)
+        if d > 0:
+            ratios.append(statistics.median(num[i] for i in pick) / d)
+    ratios.sort()
+    if not ratios:
+        return "-"
+    return "%.2f-%.2f" % (ratios[int(0.05 * len(ratios))], ratios[int(0.95 * len(ratios)) - 1])
+
+
 def paired_cpu(rows, floor, draws=2000):
     """CPU above `floor` paired by round (each round runs every
     configuration back to back, so a round's differences share its machine
@@ -521,17 +536,8 @@ def paired_cpu(rows, floor, draws=2000):
         return None
     do = [by["ours"][k] - by[floor][k] for k in rounds]
     dc = [by["c"][k] - by[floor][k] for k in rounds]
-    rnd = random.Random(3903)
-    ratios = []
-    for _ in range(draws):
-        pick = [rnd.randrange(len(rounds)) for _ in rounds]
-        mc = statistics.median(dc[i] for i in pick)
-        if mc > 0:
-            ratios.append(statistics.median(do[i] for i in pick) / mc)
-    ratios.sort()
     mo, mc = statistics.median(do), statistics.median(dc)
-    interval = ("%.2f-%.2f" % (ratios[int(0.05 * len(ratios))], ratios[int(0.95 * len(ratios)) - 1])
-                if ratios else "-")
+    interval = bootstrap_ratio(do, dc, draws)
     return ("CPU s / 1k PUBLISH above %s, paired by round (%d rounds): ours %s, C %s, "
             "ratio %s, 90 %% bootstrap interval of the ratio %s"
             % (FLOOR_SHORT[floor], len(rounds), "%.3f" % mo, "%.3f" % mc, ratio(mo, mc), interval))
@@ -894,6 +900,172 @@ def callgrind_main(a, ours_so):
 
 
 # --------------------------------------------------------------------------
+# perf mode: CPU time inside pua's entry points, sampled
+
+
+# Entry points per configuration, as `perf script --no-demangle` names the
+# frames (a Rust frame's mangled name starts with the prefix; inlined
+# closures carry their function's path too).  Ours' timers are counted as
+# pua's (timer_retry runs every second); C's run every update_period - 5 s
+# (hashT_clean) and update_period s (db_update), never within one run.
+PERF_ENTRY = {
+    "ours": re.compile(r"^_ZN3pua(3api12send_publish|7publish10publ_cback|7exports\d+timer_)"),
+    "c": re.compile(r"^(send_publish|publ_cback_func|hashT_clean|db_update)$"),
+    "nullpua": re.compile(r"^(null_send_publish|null_cback)$"),
+}
+# tm's frames below a pua entry point: what tmb.t_request runs (tm_load.c:
+# t_request = request -> t_uac_with_ids -> ...), excluded from pua's own.
+PERF_TM = {"request", "t_uac", "t_uac_with_ids", "t_uac_prepare", "send_prepared_request"}
+PERF_FRAME_RE = re.compile(r"\s*[0-9a-f]+\s+(\S+)")
+
+
+def perf_attribute(perf_data, entry):
+    """Counts the samples of a `perf record --call-graph dwarf` file: all,
+    under a pua entry point with no tm frame between it and the leaf
+    (pua's own), and under an entry point inside tm (tm's request)."""
+    p = subprocess.Popen(["perf", "script", "-i", perf_data, "-F", "ip,sym", "--no-demangle"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    counts = {"all": 0, "own": 0, "tm": 0}
+    frames = []
+
+    def flush():
+        if not frames:
+            return
+        counts["all"] += 1
+        for i, name in enumerate(frames):          # leaf first
+            if entry.search(name):
+                counts["tm" if PERF_TM.intersection(frames[:i]) else "own"] += 1
+                return
+
+    for line in p.stdout:
+        if not line.strip():
+            flush()
+            frames = []
+            continue
+        m = PERF_FRAME_RE.match(line)
+        if m:
+            frames.append(re.sub(r"\+0x[0-9a-f]+$", "", m.group(1)))
+    flush()
+    p.wait(timeout=600)
+    return counts
+
+
+def perf_run(config, rnd, a, ours_so):
+    """One run under `perf record`: 1,000-ish REGISTER/s for a.duration s, all
+    of the client Kamailio's processes sampled (cpu-clock, a.perf_freq Hz,
+    DWARF call graphs).  Returns sampled microseconds per PUBLISH answered."""
+    work = os.path.join(WORK, "perf-r%d-%s" % (rnd, config))
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    res = {"config": config, "round": rnd}
+    res["foreign_procs"], _ = wait_quiet(a.quiet_wait)
+    uas = Uas(work)
+    k = make_kamailio(config, work, uas.port, ours_so, a.children, a.shm)
+    phones = rec = None
+    data = os.path.join(work, "perf.data")
+    try:
+        k.start()
+        k.check_pua_loaded()
+        time.sleep(1.0)
+        pids = sorted(kamtest.pgroup_members(k.pid))
+        rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(a.perf_freq),
+                                "--call-graph", "dwarf,16384", "-o", data,
+                                "-p", ",".join(map(str, pids))],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+        time.sleep(1.0)
+        u0 = uas.stats()
+        phones = LineProc([LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
+                           "--users", str(a.users), "--rate", str(a.perf_rate),
+                           "--duration", str(a.duration), "--drain", str(a.drain)],
+                          stderr_path=os.path.join(work, "phones.stderr"))
+        phones.expect("START", 10)
+        phones.expect("SENDING_DONE", a.duration + 15)
+        result = json.loads(phones.expect("RESULT", a.drain + 15))
+        phones.stop()
+        phones = None
+        rec.send_signal(signal.SIGINT)
+        rec.wait(timeout=60)
+        rec = None
+        u1 = uas.stats()
+    finally:
+        if phones:
+            phones.stop()
+        if rec and rec.poll() is None:
+            os.killpg(rec.pid, signal.SIGKILL)
+            rec.wait(timeout=10)
+        k.stop()
+        uas.stop()
+    n = u1["publish_unique"] - u0["publish_unique"]
+    counts = perf_attribute(data, PERF_ENTRY[config])
+    os.remove(data)       # ~200 MB each
+    us = 1e6 / a.perf_freq
+    res.update({"publishes": n, "reg_ok": result["ok"], "samples": counts["all"],
+                "own_us": counts["own"] * us / n if n else None,
+                "tm_us": counts["tm"] * us / n if n else None,
+                "all_us": counts["all"] * us / n if n else None})
+    return res
+
+
+def perf_main(a, ours_so):
+    if not shutil.which("perf"):
+        log("perf missing: apt-get install -y linux-perf")
+        subprocess.run(["apt-get", "install", "-y", "linux-perf"], check=True, timeout=600)
+    configs = [c for c in ("ours", "c", "nullpua") if c in a.configs.split(",")]
+    runs = []
+    for rnd in range(1, a.rounds + 1):
+        order = configs[(rnd - 1) % len(configs):] + configs[:(rnd - 1) % len(configs)]
+        for config in order:
+            r = perf_run(config, rnd, a, ours_so)
+            runs.append(r)
+            log("perf round %d %-7s: %d PUBLISH, pua's own %.2f us, tm request %.2f us, "
+                "whole Kamailio %.1f us per PUBLISH (%d samples)%s"
+                % (rnd, config, r["publishes"], r["own_us"] or 0, r["tm_us"] or 0,
+                   r["all_us"] or 0, r["samples"],
+                   "  (other processes ran)" if r["foreign_procs"] else ""))
+    by = {c: {r["round"]: r for r in runs if r["config"] == c} for c in configs}
+    lines = ["", "perf: %d rounds, %d REGISTER/s over %d users for %g s per run, all client "
+             "Kamailio processes sampled (cpu-clock %d Hz, DWARF call graphs); sampled "
+             "microseconds per PUBLISH answered (medians, [min-max])"
+             % (a.rounds, a.perf_rate, a.users, a.duration, a.perf_freq), "",
+             "| us per PUBLISH | " + " | ".join(configs) + " | ours/C |",
+             "|---|" + "---|" * len(configs) + "---|"]
+
+    def cell(c, key):
+        v = [r[key] for r in by[c].values() if r[key] is not None]
+        return (statistics.median(v), min(v), max(v)) if v else None
+
+    for label, key in (("pua's own: inside its entry points (send_publish, reply callback, "
+                        "timers), tm's request() excluded", "own_us"),
+                       ("tm's request() called from pua", "tm_us"),
+                       ("whole client Kamailio, all processes", "all_us")):
+        cells = {c: cell(c, key) for c in configs}
+        row = ["%.2f [%.2f-%.2f]" % v if v else "-" for v in cells.values()]
+        o, cc = cells.get("ours"), cells.get("c")
+        lines.append("| %s | %s | %s |" % (label, " | ".join(row),
+                                          ratio(o[0], cc[0]) if o and cc else "-"))
+    lines.append("")
+    rounds = sorted(set(by.get("ours", {})) & set(by.get("c", {})))
+    if len(rounds) >= 2:
+        o = [by["ours"][k]["own_us"] for k in rounds]
+        c = [by["c"][k]["own_us"] for k in rounds]
+        lines.append("pua's own, paired by round (%d rounds): ratio ours/C %s, 90 %% bootstrap "
+                     "interval %s" % (len(rounds), ratio(statistics.median(o),
+                                                         statistics.median(c)),
+                                      bootstrap_ratio(o, c)))
+        if "nullpua" in by and set(rounds) <= set(by["nullpua"]):
+            nl = [by["nullpua"][k]["own_us"] for k in rounds]
+            do = [x - y for x, y in zip(o, nl)]
+            dc = [x - y for x, y in zip(c, nl)]
+            lines.append("pua's own above nullpua's own (its snprintf of the headers), paired by "
+                         "round: ours %.2f, C %.2f us per PUBLISH, ratio %s, 90 %% bootstrap "
+                         "interval %s" % (statistics.median(do), statistics.median(dc),
+                                          ratio(statistics.median(do), statistics.median(dc)),
+                                          bootstrap_ratio(do, dc)))
+    return runs, "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
 
 
 def build_loadgen():
@@ -952,6 +1124,10 @@ def main():
     ap.add_argument("--cg-rate", type=int, default=50)
     ap.add_argument("--cg-children", type=int, default=2, help="UDP workers under valgrind")
     ap.add_argument("--cg-modes", default="toggle,full", help=argparse.SUPPRESS)
+    ap.add_argument("--perf", action="store_true",
+                    help="CPU time inside pua's entry points, sampled with perf (see README)")
+    ap.add_argument("--perf-rate", type=int, default=1000)
+    ap.add_argument("--perf-freq", type=int, default=5000)
     ap.add_argument("--quiet-wait", type=float, default=90.0,
                     help="s to wait before a run while other kamailio/compiler processes run")
     ap.add_argument("--update-readme", action="store_true")
@@ -986,16 +1162,18 @@ def main():
                a.shm, a.cg_children if a.callgrind else a.children))
     log(head)
 
-    if a.callgrind:
-        runs, text = callgrind_main(a, ours_so)
+    for mode, fn in (("perf", perf_main), ("callgrind", callgrind_main)):
+        if not getattr(a, mode):
+            continue
+        runs, text = fn(a, ours_so)
         text = head + "\n" + text
-        with open(os.path.join(WORK, "callgrind.json"), "w") as f:
+        with open(os.path.join(WORK, mode + ".json"), "w") as f:
             json.dump(runs, f, indent=1)
-        with open(os.path.join(WORK, "callgrind.md"), "w") as f:
+        with open(os.path.join(WORK, mode + ".md"), "w") as f:
             f.write(text + "\n")
         log(text)
         if a.update_readme:
-            update_readme("callgrind", text)
+            update_readme(mode, text)
         return
 
     results = []

@@ -262,23 +262,19 @@ fn set_version(
 }
 
 /// A new tuple id for a record that has none: `pua<pid>-<time>-<n>` in
-/// lower-case hex (process id, nanoseconds since the epoch, a per-process
+/// lower-case hex (process id, seconds since the epoch, a per-process
 /// counter), at most 45 bytes. Unique across the worker processes, restarts
-/// and calls, and a valid `xs:ID` (RFC 3863 types `tuple/@id` so; C's
+/// (a pid is not reused within the second) and calls, and a valid `xs:ID` (RFC 3863 types `tuple/@id` so; C's
 /// `0x…` starts with a digit). It is stable for the record because
 /// `send_publish` stores it and hands it back as the stored id.
 pub fn generate_tuple_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
     let mut out = String::with_capacity(48);
     out.push_str("pua");
     push_hex(&mut out, u64::from(crate::pid::process_id()));
     out.push('-');
-    push_hex(&mut out, nanos);
+    push_hex(&mut out, crate::local::coarse_secs());
     out.push('-');
     push_hex(&mut out, n);
     out
