@@ -43,6 +43,9 @@ impl ShmAllocator for PuaShm {
             s.free(p);
         }
     }
+    fn usable(&self, size: usize) -> usize {
+        slab().map_or(size, |s| s.usable(size))
+    }
 }
 
 static PUA_SHM: PuaShm = PuaShm;

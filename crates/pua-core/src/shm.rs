@@ -19,6 +19,12 @@ pub trait ShmAllocator: Sync {
     /// # Safety
     /// `p` must come from `alloc` of this allocator and not be freed twice.
     unsafe fn free(&self, p: *mut u8);
+    /// The bytes an `alloc(size)` block really has (at least `size`): an
+    /// allocator that rounds up to size classes says so, and the caller may
+    /// use the slack.
+    fn usable(&self, size: usize) -> usize {
+        size
+    }
 }
 
 static ALLOC: OnceLock<&'static dyn ShmAllocator> = OnceLock::new();
@@ -52,6 +58,11 @@ pub fn alloc_zeroed(size: usize) -> Option<*mut u8> {
     // SAFETY: `p` is a fresh allocation of at least `size` bytes.
     unsafe { ptr::write_bytes(p, 0, size) };
     Some(p)
+}
+
+/// The bytes a block from [`alloc_zeroed`]`(size)` really has.
+pub fn usable(size: usize) -> usize {
+    allocator().usable(size.max(1)).max(size)
 }
 
 /// Allocates a zeroed `T` in shared memory.

@@ -112,6 +112,10 @@ impl ShmAllocator for Slab {
         }
     }
 
+    fn usable(&self, size: usize) -> usize {
+        Self::class_of(size).map_or(size, |c| (c + 1) * GRAIN - HDR)
+    }
+
     unsafe fn free(&self, p: *mut u8) {
         if p.is_null() {
             return;
@@ -203,6 +207,10 @@ mod tests {
         assert_eq!(Slab::class_of(25), Some(1));
         assert_eq!(Slab::class_of(4088), Some(NCLASS - 1));
         assert_eq!(Slab::class_of(4089), None);
+        assert_eq!(s.usable(1), 24);
+        assert_eq!(s.usable(24), 24);
+        assert_eq!(s.usable(25), 56);
+        assert_eq!(s.usable(5000), 5000);
     }
 
     #[test]
@@ -228,7 +236,8 @@ mod tests {
         let (_, s) = slab();
         let mut blocks = Vec::new();
         for i in 0..5000usize {
-            let n = (i * 37) % 3000 + 1;
+            // Every byte the allocator says a block has is used.
+            let n = s.usable((i * 37) % 3000 + 1);
             let p = s.alloc(n);
             assert!(!p.is_null());
             // SAFETY: `n` bytes.

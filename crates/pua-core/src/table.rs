@@ -194,9 +194,9 @@ pub struct Node {
     present: u16,
     /// Bytes of varints after the struct (15 varints of at most 3 bytes).
     lens_len: u8,
-    /// Unused bytes at the end of the block (left by a value made shorter
-    /// in place): a string field may grow in place by that much
-    /// ([`Node::set_in_place`]).
+    /// Unused bytes at the end of the block (the allocator's rounding up to
+    /// its size class, and what a value made shorter in place left): a
+    /// string field may grow in place by that much ([`Node::set_in_place`]).
     room: u8,
     ext: Ext,
 }
@@ -233,9 +233,11 @@ impl Node {
     /// rewritten when the value is shorter or the room a shorter value left
     /// holds the difference; `false` otherwise (the caller builds a new
     /// block). Never `pres_uri`, which is hashed into `uri_hash`. (New
-    /// blocks get no room: 32 spare bytes for a new record's first etag
-    /// saved its reply a new block, but cost 238 bytes of Kamailio's shm per
-    /// publication in the benchmark, not the 32 expected.)
+    /// blocks get only the allocator's slack as room, 0-31 bytes with pua's
+    /// 32-byte size classes, often enough for a new record's first etag:
+    /// 32 spare bytes on top saved more replies a new block, but cost 238
+    /// bytes of Kamailio's shm per publication in the benchmark, not the
+    /// 32 expected.)
     pub fn set_in_place(&mut self, f: F, v: &[u8]) -> bool {
         if matches!(f, F::PresUri) {
             return false;
@@ -702,9 +704,10 @@ fn write_block(mut head: Node, vals: &[Option<&[u8]>; NFIELDS]) -> Option<Rec> {
     let (lens_len, data_len, present) = layout(vals);
     head.present = present;
     head.lens_len = u8::try_from(lens_len).ok()?;
-    head.room = 0;
     let hsize = std::mem::size_of::<Node>();
-    let base = shm::alloc_zeroed(hsize + lens_len + data_len)?;
+    let size = hsize + lens_len + data_len;
+    head.room = u8::try_from(shm::usable(size) - size).unwrap_or(u8::MAX);
+    let base = shm::alloc_zeroed(size)?;
     let n = base as *mut Node;
     // SAFETY: `base` has room for the struct, the varints and the bytes.
     unsafe {
