@@ -957,7 +957,8 @@ def perf_run(config, rnd, a, ours_so):
     work = os.path.join(WORK, "perf-r%d-%s" % (rnd, config))
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    res = {"config": config, "round": rnd}
+    res = {"config": config, "round": rnd, "rate": a.perf_rate, "users": a.users,
+           "duration": a.duration, "freq": a.perf_freq}
     res["foreign_procs"], _ = wait_quiet(a.quiet_wait)
     uas = Uas(work)
     k = make_kamailio(config, work, uas.port, ours_so, a.children, a.shm)
@@ -1023,11 +1024,18 @@ def perf_main(a, ours_so):
                 % (rnd, config, r["publishes"], r["own_us"] or 0, r["tm_us"] or 0,
                    r["all_us"] or 0, r["samples"],
                    "  (other processes ran)" if r["foreign_procs"] else ""))
+    return runs, perf_table(runs)
+
+
+def perf_table(runs):
+    """The perf mode's table and paired ratios from its runs (perf.json)."""
+    configs = [c for c in ("ours", "c", "nullpua") if any(r["config"] == c for r in runs)]
+    m = runs[0]
     by = {c: {r["round"]: r for r in runs if r["config"] == c} for c in configs}
     lines = ["", "perf: %d rounds, %d REGISTER/s over %d users for %g s per run, all client "
              "Kamailio processes sampled (cpu-clock %d Hz, DWARF call graphs); sampled "
              "microseconds per PUBLISH answered (medians, [min-max])"
-             % (a.rounds, a.perf_rate, a.users, a.duration, a.perf_freq), "",
+             % (len({r["round"] for r in runs}), m["rate"], m["users"], m["duration"], m["freq"]), "",
              "| us per PUBLISH | " + " | ".join(configs) + " | ours/C |",
              "|---|" + "---|" * len(configs) + "---|"]
 
@@ -1062,7 +1070,16 @@ def perf_main(a, ours_so):
                          "interval %s" % (statistics.median(do), statistics.median(dc),
                                           ratio(statistics.median(do), statistics.median(dc)),
                                           bootstrap_ratio(do, dc)))
-    return runs, "\n".join(lines)
+            # the same for the whole Kamailio: what pua costs elsewhere too
+            nl = [by["nullpua"][k]["all_us"] for k in rounds]
+            do = [by["ours"][k]["all_us"] - y for k, y in zip(rounds, nl)]
+            dc = [by["c"][k]["all_us"] - y for k, y in zip(rounds, nl)]
+            lines.append("whole client Kamailio above nullpua's, paired by round: ours %.1f, C "
+                         "%.1f us per PUBLISH, ratio %s, 90 %% bootstrap interval %s"
+                         % (statistics.median(do), statistics.median(dc),
+                            ratio(statistics.median(do), statistics.median(dc)),
+                            bootstrap_ratio(do, dc)))
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------
@@ -1132,12 +1149,16 @@ def main():
                     help="s to wait before a run while other kamailio/compiler processes run")
     ap.add_argument("--update-readme", action="store_true")
     ap.add_argument("--report", metavar="RESULTS_JSON",
-                    help="print the table of a finished run's results.json again (no run)")
+                    help="print the table of a finished run's results.json (or perf.json) "
+                         "again (no run)")
     a = ap.parse_args()
     if a.report:
         with open(a.report) as f:
             saved = json.load(f)
-        log(table(saved, sorted({r["rate"] for r in saved})))
+        if saved and "own_us" in saved[0]:
+            log(perf_table(saved))       # a perf.json
+        else:
+            log(table(saved, sorted({r["rate"] for r in saved})))
         return
     if a.quick:
         a.rounds, a.rates, a.duration = 1, "1000", 5.0
