@@ -264,8 +264,8 @@ fn set_version(
 /// A new tuple id for a record that has none: `pua<pid>-<time>-<n>` in
 /// lower-case hex (process id, seconds since the epoch, a per-process
 /// counter), at most 45 bytes. Unique across the worker processes, restarts
-/// (a pid is not reused within the second) and calls, and a valid `xs:ID` (RFC 3863 types `tuple/@id` so; C's
-/// `0x…` starts with a digit). It is stable for the record because
+/// (a pid is not reused within the second) and calls, and a valid `xs:ID`
+/// (RFC 3863 types `tuple/@id` so; C's `0x…` starts with a digit). It is stable for the record because
 /// `send_publish` stores it and hands it back as the stored id.
 pub fn generate_tuple_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
