@@ -142,12 +142,29 @@ pub fn init() -> Result<(), String> {
         .map_err(|_| "mod_init ran twice".to_string())
 }
 
-/// child_init: a database connection per worker process.
+/// child_init: a database connection per worker process in db_mode 2,
+/// where every PUBLISH reads and writes the table. In db_mode 0 only the
+/// timer's sync uses the database, so the connection is opened there, at
+/// its first use (mod_init has already read the table through its own
+/// connection, so a wrong db_url has failed start-up). A worker that never
+/// opens one keeps its pkg memory as it would be without pua's database:
+/// every connection leaves long-lived blocks in the middle of the
+/// process's pkg pool, which made Kamailio's own pkg allocations in the
+/// REGISTER path measurably slower (bench/README, perf mode).
 pub fn child_init(rank: i32) -> Result<(), String> {
     if rank == PROC_INIT || rank == PROC_MAIN || rank == PROC_TCP_MAIN {
         return Ok(());
     }
     let st = state().ok_or("child_init before mod_init")?;
+    if st.cfg.db_mode == DbMode::DbOnly {
+        db::set_process_conn(open_conn(&rank.to_string())?);
+    }
+    Ok(())
+}
+
+/// Opens this process's connection to the pua table.
+fn open_conn(rank: &str) -> Result<db::Conn, String> {
+    let st = state().ok_or("no pua state")?;
     let mut conn = st
         .db
         .connect(&st.cfg.db_url, st.cfg.db_mode == DbMode::DbOnly)
@@ -163,8 +180,24 @@ pub fn child_init(rank: i32) -> Result<(), String> {
             e.param, e.message
         )
     })?;
-    db::set_process_conn(conn);
-    Ok(())
+    Ok(conn)
+}
+
+/// Opens this process's connection if it has none (db_mode 0's timer).
+fn ensure_conn() -> bool {
+    if db::has_process_conn() {
+        return true;
+    }
+    match open_conn("timer") {
+        Ok(c) => {
+            db::set_process_conn(c);
+            true
+        }
+        Err(e) => {
+            lm_err!("database sync: cannot connect: {}", e);
+            false
+        }
+    }
 }
 
 /// destroy: free the shared structures (the main process, workers gone).
@@ -174,11 +207,7 @@ pub fn destroy() {
         if let Some(e) = st.engine.as_ref().filter(|e| !e.cfg.db_only) {
             // Module destroy flushes the table (the C module could not: its
             // main process has no database connection).
-            let conn = st.db.connect(&st.cfg.db_url, false).and_then(|mut c| {
-                c.use_table(&st.cfg.db_table)?;
-                Ok(c)
-            });
-            match conn {
+            match open_conn("main") {
                 Ok(mut c) => {
                     let s = pua_core::persist::sync(
                         &e.table,
@@ -188,7 +217,7 @@ pub fn destroy() {
                     );
                     lm_info!("final database sync: {:?}", s);
                 }
-                Err(_) => lm_err!("cannot open the database to save the records at shutdown"),
+                Err(e) => lm_err!("cannot save the records at shutdown: {}", e),
             }
         }
         if let Some(t) = st.table {
@@ -222,6 +251,9 @@ pub fn db_sync() {
     let Some(e) = st.engine.as_ref().filter(|e| !e.cfg.db_only) else {
         return;
     };
+    if !ensure_conn() {
+        return;
+    }
     let now = crate::publish::now();
     let stats =
         db::with_process_conn(|c| pua_core::persist::sync(&e.table, &e.shared.tombs, c, now));

@@ -209,6 +209,11 @@ pub fn set_process_conn(c: Conn) {
     lm_dbg!("database connection opened for this process");
 }
 
+/// Whether this process has opened its connection.
+pub fn has_process_conn() -> bool {
+    CONN.with(|s| s.borrow().is_some())
+}
+
 /// Runs `f` with this process's connection, if it has one.
 pub fn with_process_conn<R>(f: impl FnOnce(&mut Conn) -> R) -> Option<R> {
     CONN.with(|s| match s.borrow_mut().as_mut() {
