@@ -1,12 +1,17 @@
-//! A caching allocator in shared memory over the host's allocator.
+//! A page allocator in shared memory over the host's allocator.
 //!
-//! Kamailio's shm allocator (with DBG_SR_MEMORY) costs tens of thousands of
-//! instructions per call, and a PUBLISH allocates and frees a few blocks.
-//! Blocks are rounded up to size classes (32 bytes apart, up to 4 KiB) and,
-//! when freed, kept on per-class free lists for the next allocation of the
-//! class, under one cross-process futex lock. At most [`CACHE_CAP`] bytes
-//! are kept: beyond that, and for blocks above 4 KiB, memory goes straight
-//! back to the host, so under overload tm gets back what pua does not use.
+//! Kamailio's shm allocator (q_malloc with DBG_SR_MEMORY) costs thousands of
+//! instructions per call, adds ~90 bytes of debug header to every block, and
+//! its free-list search is shared by every module: small blocks of ours
+//! taken from its free lists one by one make the next small allocation of
+//! usrloc or tm search further (measured: usrloc's `new_ucontact` ~3 us per
+//! REGISTER slower with ours loaded, bench/README perf mode). So blocks come
+//! from [`PAGE`]-byte pages taken from the host one at a time: sizes are
+//! rounded up to classes (32 bytes apart, up to 4 KiB), each page serves one
+//! class, and a freed block goes back to its page, under one cross-process
+//! futex lock. A page whose blocks are all free goes back to the host,
+//! except one per class kept for the next allocation. Blocks above 4 KiB go
+//! straight to the host.
 
 use crate::lock::FutexLock;
 use crate::shm::ShmAllocator;
@@ -17,24 +22,50 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const GRAIN: usize = 32;
 const MAX_CLASS_SIZE: usize = 4096;
 const NCLASS: usize = MAX_CLASS_SIZE / GRAIN;
-/// Per-block header: the class (or DIRECT) in the 8 bytes before the block.
+/// The bytes of a page (its header included). q_malloc serves this size
+/// from its first "big" bucket, whose search is short.
+pub const PAGE: usize = 16 << 10;
+/// Per-block header: its page (or DIRECT) in the 8 bytes before the block.
 const HDR: usize = 8;
 const DIRECT: u64 = u64::MAX;
-/// The most bytes kept on the free lists.
-pub const CACHE_CAP: u64 = 256 << 10;
+/// Marks a live page header (a corrupt block header is caught, not followed).
+const MAGIC: u32 = 0x5055_4150;
+
+/// A page's header, at its start; its blocks follow.
+#[repr(C)]
+struct Page {
+    /// The class's list of pages with a free block (doubly linked).
+    next: *mut Page,
+    prev: *mut Page,
+    /// Freed blocks of this page (linked through their first word).
+    free: *mut u8,
+    /// Offset of the first block never handed out.
+    bump: u32,
+    /// Blocks handed out and not freed.
+    live: u32,
+    class: u32,
+    magic: u32,
+    on_list: u32,
+    _pad: u32,
+}
+
+const PAGE_HDR: usize = std::mem::size_of::<Page>().div_ceil(16) * 16;
 
 /// The allocator's state, itself in shared memory.
 #[repr(C)]
 pub struct SlabState {
     lock: FutexLock,
-    free: [*mut u8; NCLASS],
-    /// Bytes on the free lists.
-    pub cached: AtomicU64,
+    /// Per class: pages with at least one free block.
+    partial: [*mut Page; NCLASS],
+    /// Per class: pages on `partial` with no live block (at most 1 kept).
+    empty: [u32; NCLASS],
+    /// Pages taken from the host.
+    pub pages: AtomicU64,
     /// Bytes in live blocks (their class sizes).
     pub in_use: AtomicU64,
 }
 
-/// A caching allocator over `base`; its state lives in memory from `base`.
+/// A page allocator over `base`; its state lives in memory from `base`.
 pub struct Slab {
     base: &'static dyn ShmAllocator,
     st: *mut SlabState,
@@ -61,27 +92,86 @@ impl Slab {
         Some(Slab { base, st })
     }
 
-    /// (bytes kept on the free lists, bytes in live blocks).
+    /// (bytes held in pages but not in live blocks, bytes in live blocks).
     pub fn usage(&self) -> (u64, u64) {
         // SAFETY: the state lives as long as the slab.
         let st = unsafe { &*self.st };
-        (
-            st.cached.load(Ordering::Relaxed),
-            st.in_use.load(Ordering::Relaxed),
-        )
+        let used = st.in_use.load(Ordering::Relaxed);
+        let held = st.pages.load(Ordering::Relaxed) * PAGE as u64;
+        (held.saturating_sub(used), used)
     }
 
     fn class_of(size: usize) -> Option<usize> {
         let total = size.checked_add(HDR)?;
         (total <= MAX_CLASS_SIZE).then(|| total.div_ceil(GRAIN) - 1)
     }
+
+    /// Takes a block of class `c` (block size `bsize`) from the class's
+    /// first page with room. Under the lock.
+    ///
+    /// # Safety
+    /// The lock is held; the lists are consistent.
+    unsafe fn take(st: *mut SlabState, c: usize, bsize: usize) -> Option<(*mut Page, *mut u8)> {
+        let p = (*st).partial[c];
+        if p.is_null() {
+            return None;
+        }
+        let pg = &mut *p;
+        let b = if !pg.free.is_null() {
+            let b = pg.free;
+            pg.free = *(b as *mut *mut u8);
+            b
+        } else {
+            let b = (p as *mut u8).add(pg.bump as usize);
+            pg.bump += bsize as u32;
+            b
+        };
+        if pg.live == 0 {
+            (*st).empty[c] -= 1;
+        }
+        pg.live += 1;
+        if pg.free.is_null() && pg.bump as usize + bsize > PAGE {
+            Self::unlink(st, c, p);
+        }
+        Some((p, b))
+    }
+
+    /// # Safety
+    /// The lock is held and `p` is on class `c`'s list.
+    unsafe fn unlink(st: *mut SlabState, c: usize, p: *mut Page) {
+        let pg = &mut *p;
+        if pg.prev.is_null() {
+            (*st).partial[c] = pg.next;
+        } else {
+            (*pg.prev).next = pg.next;
+        }
+        if !pg.next.is_null() {
+            (*pg.next).prev = pg.prev;
+        }
+        pg.next = ptr::null_mut();
+        pg.prev = ptr::null_mut();
+        pg.on_list = 0;
+    }
+
+    /// # Safety
+    /// The lock is held and `p` is not on a list.
+    unsafe fn push(st: *mut SlabState, c: usize, p: *mut Page) {
+        let pg = &mut *p;
+        pg.prev = ptr::null_mut();
+        pg.next = (*st).partial[c];
+        if !pg.next.is_null() {
+            (*pg.next).prev = p;
+        }
+        (*st).partial[c] = p;
+        pg.on_list = 1;
+    }
 }
 
 impl ShmAllocator for Slab {
     fn alloc(&self, size: usize) -> *mut u8 {
-        // SAFETY: the state is valid; the lists change under the lock.
+        // SAFETY: the state is valid; pages and lists change under the lock.
         unsafe {
-            let st = &mut *self.st;
+            let st = self.st;
             let Some(c) = Self::class_of(size) else {
                 let p = self.base.alloc(size + HDR);
                 if p.is_null() {
@@ -91,23 +181,41 @@ impl ShmAllocator for Slab {
                 return p.add(HDR);
             };
             let bsize = (c + 1) * GRAIN;
-            let mut b = {
-                let _g = st.lock.lock();
-                let b = st.free[c];
-                if !b.is_null() {
-                    st.free[c] = *(b as *mut *mut u8);
-                    st.cached.fetch_sub(bsize as u64, Ordering::Relaxed);
-                }
-                b
+            let got = {
+                let _g = (*st).lock.lock();
+                Self::take(st, c, bsize)
             };
-            if b.is_null() {
-                b = self.base.alloc(bsize);
-                if b.is_null() {
-                    return b;
+            let (page, b) = match got {
+                Some(x) => x,
+                None => {
+                    // A new page, taken from the host outside the lock.
+                    let p = self.base.alloc(PAGE) as *mut Page;
+                    if p.is_null() {
+                        return ptr::null_mut();
+                    }
+                    p.write(Page {
+                        next: ptr::null_mut(),
+                        prev: ptr::null_mut(),
+                        free: ptr::null_mut(),
+                        bump: PAGE_HDR as u32,
+                        live: 0,
+                        class: c as u32,
+                        magic: MAGIC,
+                        on_list: 0,
+                        _pad: 0,
+                    });
+                    (*st).pages.fetch_add(1, Ordering::Relaxed);
+                    let _g = (*st).lock.lock();
+                    Self::push(st, c, p);
+                    (*st).empty[c] += 1;
+                    match Self::take(st, c, bsize) {
+                        Some(x) => x,
+                        None => return ptr::null_mut(), // unreachable: the page has room
+                    }
                 }
-            }
-            st.in_use.fetch_add(bsize as u64, Ordering::Relaxed);
-            (b as *mut u64).write(c as u64);
+            };
+            (*st).in_use.fetch_add(bsize as u64, Ordering::Relaxed);
+            (b as *mut u64).write(page as u64);
             b.add(HDR)
         }
     }
@@ -120,30 +228,50 @@ impl ShmAllocator for Slab {
         if p.is_null() {
             return;
         }
-        let st = &mut *self.st;
+        let st = self.st;
         let b = p.sub(HDR);
-        let c = (b as *const u64).read();
-        if c == DIRECT {
+        let h = (b as *const u64).read();
+        if h == DIRECT {
             self.base.free(b);
             return;
         }
-        let c = c as usize;
-        if c >= NCLASS {
-            crate::lm_crit!("slab: freeing a block with a corrupt header ({})", c);
+        let page = h as *mut Page;
+        let sane = h.is_multiple_of(8)
+            && (b as usize) > (page as usize)
+            && (b as usize) < (page as usize) + PAGE
+            && (*page).magic == MAGIC
+            && ((*page).class as usize) < NCLASS;
+        if !sane {
+            crate::lm_crit!("slab: freeing a block with a corrupt header ({:#x})", h);
             return;
         }
+        let c = (*page).class as usize;
         let bsize = (c + 1) * GRAIN;
-        st.in_use.fetch_sub(bsize as u64, Ordering::Relaxed);
-        {
-            let _g = st.lock.lock();
-            if st.cached.load(Ordering::Relaxed) + bsize as u64 <= CACHE_CAP {
-                *(b as *mut *mut u8) = st.free[c];
-                st.free[c] = b;
-                st.cached.fetch_add(bsize as u64, Ordering::Relaxed);
-                return;
+        (*st).in_use.fetch_sub(bsize as u64, Ordering::Relaxed);
+        let give_back = {
+            let _g = (*st).lock.lock();
+            let pg = &mut *page;
+            *(b as *mut *mut u8) = pg.free;
+            pg.free = b;
+            pg.live -= 1;
+            if pg.on_list == 0 {
+                Self::push(st, c, page);
             }
+            if pg.live > 0 {
+                false
+            } else if (*st).empty[c] >= 1 {
+                Self::unlink(st, c, page);
+                pg.magic = 0;
+                true
+            } else {
+                (*st).empty[c] += 1;
+                false
+            }
+        };
+        if give_back {
+            (*st).pages.fetch_sub(1, Ordering::Relaxed);
+            self.base.free(page as *mut u8);
         }
-        self.base.free(b);
     }
 }
 
@@ -214,21 +342,48 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_is_capped_and_memory_goes_back() {
+    fn blocks_share_pages_and_empty_pages_go_back() {
         let (base, s) = slab();
-        let n = (2 * CACHE_CAP as usize) / 1024;
+        let per_page = (PAGE - PAGE_HDR) / 1024;
+        let n = per_page * 10;
         let blocks: Vec<_> = (0..n).map(|_| s.alloc(1000)).collect();
+        assert_eq!(
+            s.usage().0 + s.usage().1,
+            10 * PAGE as u64,
+            "{n} blocks of 1 KiB fill 10 pages exactly"
+        );
+        assert_eq!(s.usage().1, (n * 1024) as u64);
         for p in blocks {
             // SAFETY: allocated above, freed once.
             unsafe { s.free(p) };
         }
-        let (cached, used) = s.usage();
-        assert!(cached <= CACHE_CAP);
-        assert_eq!(used, 0);
-        assert!(
-            base.frees.load(Ordering::SeqCst) as usize >= n / 2 - 1,
-            "beyond the cap, blocks go back"
+        assert_eq!(s.usage().1, 0);
+        assert_eq!(
+            base.frees.load(Ordering::SeqCst),
+            9,
+            "every empty page but one goes back"
         );
+        assert_eq!(s.usage().0, PAGE as u64, "one page kept for the class");
+        // The kept page serves the class again, without the host.
+        let before = base.frees.load(Ordering::SeqCst);
+        let a = s.alloc(1000);
+        // SAFETY: allocated above.
+        unsafe { s.free(a) };
+        assert_eq!(base.frees.load(Ordering::SeqCst), before);
+        assert_eq!(s.usage().0, PAGE as u64);
+    }
+
+    #[test]
+    fn a_corrupt_header_is_refused() {
+        let (base, s) = slab();
+        let p = s.alloc(100);
+        // SAFETY: the block's own header, overwritten on purpose; the block
+        // is leaked afterwards.
+        unsafe {
+            (p.sub(HDR) as *mut u64).write(0x1234_5678);
+            s.free(p);
+        }
+        assert_eq!(base.frees.load(Ordering::SeqCst), 0);
     }
 
     #[test]
