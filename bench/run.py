@@ -916,17 +916,24 @@ PERF_ENTRY = {
 # tm's frames below a pua entry point: what tmb.t_request runs (tm_load.c:
 # t_request = request -> t_uac_with_ids -> ...), excluded from pua's own.
 PERF_TM = {"request", "t_uac", "t_uac_with_ids", "t_uac_prepare", "send_prepared_request"}
-PERF_FRAME_RE = re.compile(r"\s*[0-9a-f]+\s+(\S+)")
+PERF_FRAME_RE = re.compile(r"\s*[0-9a-f]+\s+(\S+)(?:\s+\((\S+)\))?")
+# Samples outside pua's entry points are classified by the first (from the
+# leaf) of these Kamailio functions on their stack: where the rest of the
+# whole-Kamailio difference goes.
+PERF_PHASES = ["ul_publish", "reply_received", "t_uac_prepare", "save", "sl_reply_helper",
+               "sl_send_reply", "parse_msg", "receive_msg", "timer_main", "timer_handler",
+               "udp_rcv_loop", "tcp_main_loop", "main"]
 
 
 def perf_attribute(perf_data, entry):
     """Counts the samples of a `perf record --call-graph dwarf` file: all,
     under a pua entry point with no tm frame between it and the leaf
     (pua's own), and under an entry point inside tm (tm's request)."""
-    p = subprocess.Popen(["perf", "script", "-i", perf_data, "-F", "ip,sym", "--no-demangle"],
+    p = subprocess.Popen(["perf", "script", "-i", perf_data, "-F", "ip,sym,dso", "--no-demangle"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     counts = {"all": 0, "own": 0, "tm": 0}
-    frames = []
+    phases, leaves = {}, {}       # outside pua's entry points
+    frames, dsos = [], []
 
     def flush():
         if not frames:
@@ -936,17 +943,31 @@ def perf_attribute(perf_data, entry):
             if entry.search(name):
                 counts["tm" if PERF_TM.intersection(frames[:i]) else "own"] += 1
                 return
+        phase = next((f for f in frames if f in PERF_PHASES), "other")
+        phases[phase] = phases.get(phase, 0) + 1
+        leaf = "%s (%s)" % (frames[0], os.path.basename(dsos[0]))
+        if frames[0].startswith("qm_"):
+            # Kamailio's allocator: which pool (shm calls go through
+            # qm_shm_*), for whom (the first caller outside mem/)
+            pool = "shm" if any(f.startswith("qm_shm_") for f in frames[:4]) else "pkg"
+            caller = next((f for f in frames[1:] if not f.startswith(("qm_", "shm_", "pkg_"))),
+                          "?")
+            leaf = "%s[%s] <- %s" % (frames[0], pool, caller)
+        leaves[leaf] = leaves.get(leaf, 0) + 1
 
     for line in p.stdout:
         if not line.strip():
             flush()
-            frames = []
+            frames, dsos = [], []
             continue
         m = PERF_FRAME_RE.match(line)
         if m:
             frames.append(re.sub(r"\+0x[0-9a-f]+$", "", m.group(1)))
+            dsos.append(m.group(2) or "?")
     flush()
     p.wait(timeout=600)
+    counts["phases"] = phases
+    counts["leaves"] = leaves
     return counts
 
 
@@ -999,12 +1020,17 @@ def perf_run(config, rnd, a, ours_so):
         uas.stop()
     n = u1["publish_unique"] - u0["publish_unique"]
     counts = perf_attribute(data, PERF_ENTRY[config])
-    os.remove(data)       # ~200 MB each
+    if not a.perf_keep:
+        os.remove(data)       # ~200 MB each
     us = 1e6 / a.perf_freq
     res.update({"publishes": n, "reg_ok": result["ok"], "samples": counts["all"],
                 "own_us": counts["own"] * us / n if n else None,
                 "tm_us": counts["tm"] * us / n if n else None,
-                "all_us": counts["all"] * us / n if n else None})
+                "all_us": counts["all"] * us / n if n else None,
+                # outside pua's entry points, us per PUBLISH by phase and by leaf
+                "phases_us": {k: v * us / n for k, v in counts["phases"].items()} if n else {},
+                "leaves_us": {k: v * us / n for k, v in counts["leaves"].items()
+                              if v >= 5} if n else {}})
     return res
 
 
@@ -1079,7 +1105,40 @@ def perf_table(runs):
                          % (statistics.median(do), statistics.median(dc),
                             ratio(statistics.median(do), statistics.median(dc)),
                             bootstrap_ratio(do, dc)))
+            lines += perf_outside(by, rounds)
     return "\n".join(lines)
+
+
+def perf_outside(by, rounds, top=12):
+    """Where the whole-Kamailio difference outside pua's entry points goes:
+    per phase (the first known Kamailio function on the sample's stack) and
+    per leaf function, ours - nullpua and C - nullpua paired by round
+    (medians, us per PUBLISH).  Runs before this breakdown existed have no
+    phases_us and print nothing."""
+    if not all("phases_us" in by[c][k] for c in ("ours", "c", "nullpua") for k in rounds):
+        return []
+
+    def diffs(key, name, c):
+        return statistics.median(by[c][k][key].get(name, 0.0) - by["nullpua"][k][key].get(name, 0.0)
+                                 for k in rounds)
+
+    out = ["", "outside pua's entry points, us per PUBLISH above nullpua, paired by round "
+           "(medians), by the first of these functions on the stack:", "",
+           "| phase | nullpua | ours - nullpua | C - nullpua |", "|---|---|---|---|"]
+    names = {n for c in ("ours", "c", "nullpua") for k in rounds for n in by[c][k]["phases_us"]}
+    for n in PERF_PHASES + ["other"]:
+        if n in names:
+            base = statistics.median(by["nullpua"][k]["phases_us"].get(n, 0.0) for k in rounds)
+            out.append("| %s | %.2f | %+.2f | %+.2f |" % (n, base, diffs("phases_us", n, "ours"),
+                                                           diffs("phases_us", n, "c")))
+    leaves = {n for c in ("ours", "c", "nullpua") for k in rounds for n in by[c][k]["leaves_us"]}
+    d = sorted(((diffs("leaves_us", n, "ours"), diffs("leaves_us", n, "c"), n) for n in leaves),
+               key=lambda t: -abs(t[0]))[:top]
+    out += ["", "leaf functions outside pua with the largest ours - nullpua (us per PUBLISH, "
+            "paired medians; leaves under 5 samples per run not kept):", "",
+            "| leaf (dso) | ours - nullpua | C - nullpua |", "|---|---|---|"]
+    out += ["| `%s` | %+.2f | %+.2f |" % (n, o, c) for o, c, n in d]
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -1145,6 +1204,8 @@ def main():
                     help="CPU time inside pua's entry points, sampled with perf (see README)")
     ap.add_argument("--perf-rate", type=int, default=1000)
     ap.add_argument("--perf-freq", type=int, default=5000)
+    ap.add_argument("--perf-keep", action="store_true",
+                    help="keep each run's perf.data (~200 MB) in its work directory")
     ap.add_argument("--quiet-wait", type=float, default=90.0,
                     help="s to wait before a run while other kamailio/compiler processes run")
     ap.add_argument("--update-readme", action="store_true")
