@@ -1209,13 +1209,21 @@ def main():
     ap.add_argument("--quiet-wait", type=float, default=90.0,
                     help="s to wait before a run while other kamailio/compiler processes run")
     ap.add_argument("--update-readme", action="store_true")
-    ap.add_argument("--report", metavar="RESULTS_JSON",
+    ap.add_argument("--report", metavar="RESULTS_JSON", nargs="+",
                     help="print the table of a finished run's results.json (or perf.json) "
-                         "again (no run)")
+                         "again (no run); several files of runs of the same build are "
+                         "pooled, their rounds numbered on")
     a = ap.parse_args()
     if a.report:
-        with open(a.report) as f:
-            saved = json.load(f)
+        saved = []
+        for path in a.report:
+            with open(path) as f:
+                runs = json.load(f)
+            # rounds of the next file come after those of the previous ones
+            base = max((r["round"] for r in saved), default=0)
+            for r in runs:
+                r["round"] += base
+            saved += runs
         if saved and "own_us" in saved[0]:
             log(perf_table(saved))       # a perf.json
         else:
