@@ -157,29 +157,22 @@ pub fn child_init(rank: i32) -> Result<(), String> {
     }
     let st = state().ok_or("child_init before mod_init")?;
     if st.cfg.db_mode == DbMode::DbOnly {
-        db::set_process_conn(open_conn(&rank.to_string())?);
+        db::set_process_conn(open_conn(&format!("child {rank}"))?);
     }
     Ok(())
 }
 
-/// Opens this process's connection to the pua table.
-fn open_conn(rank: &str) -> Result<db::Conn, String> {
+/// Opens this process's connection to the pua table (`who` names the
+/// process in the error).
+fn open_conn(who: &str) -> Result<db::Conn, String> {
     let st = state().ok_or("no pua state")?;
+    let named =
+        |e: db::DbError| format!("{who}: modparam(\"pua\", \"{}\"): {}", e.param, e.message);
     let mut conn = st
         .db
         .connect(&st.cfg.db_url, st.cfg.db_mode == DbMode::DbOnly)
-        .map_err(|e| {
-            format!(
-                "child {rank}: modparam(\"pua\", \"{}\"): {}",
-                e.param, e.message
-            )
-        })?;
-    conn.use_table(&st.cfg.db_table).map_err(|e| {
-        format!(
-            "child {rank}: modparam(\"pua\", \"{}\"): {}",
-            e.param, e.message
-        )
-    })?;
+        .map_err(named)?;
+    conn.use_table(&st.cfg.db_table).map_err(named)?;
     Ok(conn)
 }
 
