@@ -306,11 +306,40 @@ def wait_quiet(max_wait):
     return n, la
 
 
-def run_one(config, rate, rnd, a, ours_so):
-    work = os.path.join(WORK, "r%d-%s-%d" % (rnd, config, rate))
+def parse_rates(text):
+    """`1000,3000,1000w` -> [(1000, False), (3000, False), (1000, True)]:
+    a `w` runs that rate after a warm-up pass over all users (see run_one)."""
+    out = []
+    for x in text.split(","):
+        x = x.strip()
+        if x:
+            out.append((int(x.rstrip("w")), x.endswith("w")))
+    return out
+
+
+def rkey(r):
+    """The (rate, warm) a result was run at (results saved before warm
+    runs existed have no "warm")."""
+    return (r["rate"], bool(r.get("warm")))
+
+
+def rlabel(key):
+    return "%d%s" % (key[0], "w" if key[1] else "")
+
+
+def run_one(config, rate, rnd, a, ours_so, warm=False):
+    """One measured run. `warm`: before the measured window the phones
+    register every user once (at min(rate, --warm-rate)) and the window
+    starts when those are answered, so the window's REGISTERs are all
+    re-REGISTERs of registered users (usrloc UPDATE: pua_usrloc's refresh
+    PUBLISH, no body): the steady state of a re-REGISTER loop. Without it
+    the window starts on an empty location table and most of its PUBLISHes
+    are initial ones (a first-registration burst)."""
+    work = os.path.join(WORK, "r%d-%s-%s" % (rnd, config, rlabel((rate, warm))))
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    res = {"config": config, "rate": rate, "round": rnd, "work": work, "users": a.users}
+    res = {"config": config, "rate": rate, "warm": warm, "round": rnd, "work": work,
+           "users": a.users}
     res["foreign_procs"], res["loadavg"] = wait_quiet(a.quiet_wait)
     if res["foreign_procs"]:
         log("  note: %d other kamailio/compiler processes running during this run"
@@ -326,13 +355,23 @@ def run_one(config, rate, rnd, a, ours_so):
         workers = sorted(kamtest.pgroup_members(k.pid))
         res["shm_idle"] = shm_real_used(k)
         res["pua_shm_idle"] = mod_shm(k, "pua") if config != "floor" else None
-        u0 = uas.stats()
-        ct0 = cpu_times(k.pid)
-
-        phones = LineProc([LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
-                           "--users", str(a.users), "--rate", str(rate),
-                           "--duration", str(a.duration), "--drain", str(a.drain)],
-                          stderr_path=os.path.join(work, "phones.stderr"))
+        argv = [LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
+                "--users", str(a.users), "--rate", str(rate),
+                "--duration", str(a.duration), "--drain", str(a.drain)]
+        if warm:
+            wrate = min(rate, a.warm_rate)
+            argv += ["--warmup", str(a.users), "--warmup-rate", str(wrate)]
+            phones = LineProc(argv, stdin=True, stderr_path=os.path.join(work, "phones.stderr"))
+            w = json.loads(phones.expect("WARMED", a.users / wrate + a.drain + 30))
+            res["warm_ok"] = w["ok"]
+            time.sleep(0.5)      # the last warm-up PUBLISHes' replies
+            u0 = uas.stats()
+            ct0 = cpu_times(k.pid)
+            phones.send("go\n")
+        else:
+            u0 = uas.stats()
+            ct0 = cpu_times(k.pid)
+            phones = LineProc(argv, stderr_path=os.path.join(work, "phones.stderr"))
         phones.expect("START", 10)
         t_start = time.monotonic()
         done = phones.expect("SENDING_DONE", a.duration + 15).split()
@@ -467,13 +506,17 @@ def table(results, rates):
     """Per rate: medians [min-max] per configuration, ours/C, and per floor
     configuration present the differences above it and their ratio."""
     out = []
-    for rate in rates:
-        rows = {c: [r for r in results if r["rate"] == rate and r["config"] == c] for c in CONFIGS}
+    for key in rates:
+        rows = {c: [r for r in results if rkey(r) == key and r["config"] == c] for c in CONFIGS}
         floors = [c for c in ("floor", "nullpua") if rows[c]]
         n = max(len(v) for v in rows.values())
         out.append("")
-        out.append("Offered %d REGISTER/s, %d users (medians of %d rounds, [min-max])"
-                   % (rate, rows["ours"][0]["users"] if rows["ours"] else 0, n))
+        out.append("Offered %d REGISTER/s, %d users%s (medians of %d rounds, [min-max])"
+                   % (key[0], rows["ours"][0]["users"] if rows["ours"] else 0,
+                      ", after a warm-up pass registering every user (steady state: "
+                      "re-REGISTERs, refresh PUBLISHes)" if key[1] else
+                      " from an empty location table (first registrations: mostly initial PUBLISHes)",
+                      n))
         out.append("")
         cols = ["ours", "C"] + [FLOOR_HEAD[c] for c in floors] + ["ours/C"]
         for c in floors:
@@ -547,9 +590,9 @@ def notes(results, rates):
     """Per rate and config: runs with errors, dead Kamailios, and the most
     frequent ERROR messages summed over the rounds."""
     out = []
-    for rate in rates:
+    for key in rates:
         for c in CONFIGS:
-            rows = [r for r in results if r["rate"] == rate and r["config"] == c]
+            rows = [r for r in results if rkey(r) == key and r["config"] == c]
             bad = [r for r in rows if r["log_errors"] or r["reg_timeouts"] or r["reg_non200"]
                    or r["lost_pub"] or not r["alive"] or r["exit_status"] != 0]
             if not bad:
@@ -558,9 +601,9 @@ def notes(results, rates):
             for r in bad:
                 for msg, cnt in r["top_errors"]:
                     counts[msg] = counts.get(msg, 0) + cnt
-            out.append("- %d/s %s: %d of %d runs with errors; dead or unclean exit: %s; "
+            out.append("- %s/s %s: %d of %d runs with errors; dead or unclean exit: %s; "
                        "ERROR lines %s; most frequent:" % (
-                           rate, c, len(bad), len(rows),
+                           rlabel(key), c, len(bad), len(rows),
                            ", ".join("round %d (alive=%s, exit=%s)" % (r["round"], r["alive"], r["exit_status"])
                                      for r in bad if not r["alive"] or r["exit_status"] != 0) or "none",
                            "/".join(str(r["log_errors"]) for r in bad)))
@@ -575,8 +618,8 @@ def detail_lines(results):
            "ERR lines | p99 ms |",
            "|" + "---|" * 18]
     for r in results:
-        out.append("| %d | %d | %s | %d | %d | %d | %d | %d | %d/%d | %.0f | %.2f | %s | %d | %d | %d | %s | %d | %.1f |" % (
-            r["round"], r["rate"], r["config"], r["offered"], r["reg_ok"], r["reg_timeouts"],
+        out.append("| %d | %s | %s | %d | %d | %d | %d | %d | %d/%d | %.0f | %.2f | %s | %d | %d | %d | %s | %d | %.1f |" % (
+            r["round"], rlabel(rkey(r)), r["config"], r["offered"], r["reg_ok"], r["reg_timeouts"],
             r["pub_in_window"], r["pub_total"], r["pub_initial"], r["pub_refresh"], r["pub_rate"],
             r["cpu_s"], fmt("%.3f", r["cpu_per_1k"]), r["shm_idle"], r["shm_loaded"], r["n_pubs"],
             fmt("%.0f", r["shm_per_pub"]), r["log_errors"], r["reg_lat_p99_ms"]))
@@ -979,7 +1022,7 @@ def perf_run(config, rnd, a, ours_so):
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     res = {"config": config, "round": rnd, "rate": a.perf_rate, "users": a.users,
-           "duration": a.duration, "freq": a.perf_freq}
+           "duration": a.duration, "freq": a.perf_freq, "warm": a.perf_warm}
     res["foreign_procs"], _ = wait_quiet(a.quiet_wait)
     uas = Uas(work)
     k = make_kamailio(config, work, uas.port, ours_so, a.children, a.shm)
@@ -990,6 +1033,15 @@ def perf_run(config, rnd, a, ours_so):
         k.check_pua_loaded()
         time.sleep(1.0)
         pids = sorted(kamtest.pgroup_members(k.pid))
+        argv = [LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
+                "--users", str(a.users), "--rate", str(a.perf_rate),
+                "--duration", str(a.duration), "--drain", str(a.drain)]
+        if a.perf_warm:
+            # as run_one's warm runs: sampling starts after every user is registered
+            wrate = min(a.perf_rate, a.warm_rate)
+            argv += ["--warmup", str(a.users), "--warmup-rate", str(wrate)]
+            phones = LineProc(argv, stdin=True, stderr_path=os.path.join(work, "phones.stderr"))
+            phones.expect("WARMED", a.users / wrate + a.drain + 30)
         rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(a.perf_freq),
                                 "--call-graph", "dwarf,16384", "-o", data,
                                 "-p", ",".join(map(str, pids))],
@@ -997,10 +1049,10 @@ def perf_run(config, rnd, a, ours_so):
                                start_new_session=True)
         time.sleep(1.0)
         u0 = uas.stats()
-        phones = LineProc([LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
-                           "--users", str(a.users), "--rate", str(a.perf_rate),
-                           "--duration", str(a.duration), "--drain", str(a.drain)],
-                          stderr_path=os.path.join(work, "phones.stderr"))
+        if phones:
+            phones.send("go\n")
+        else:
+            phones = LineProc(argv, stderr_path=os.path.join(work, "phones.stderr"))
         phones.expect("START", 10)
         phones.expect("SENDING_DONE", a.duration + 15)
         result = json.loads(phones.expect("RESULT", a.drain + 15))
@@ -1059,9 +1111,11 @@ def perf_table(runs):
     m = runs[0]
     by = {c: {r["round"]: r for r in runs if r["config"] == c} for c in configs}
     lines = ["", "perf: %d rounds, %d REGISTER/s over %d users for %g s per run, all client "
-             "Kamailio processes sampled (cpu-clock %d Hz, DWARF call graphs); sampled "
+             "Kamailio processes sampled (cpu-clock %d Hz, DWARF call graphs)%s; sampled "
              "microseconds per PUBLISH answered (medians, [min-max])"
-             % (len({r["round"] for r in runs}), m["rate"], m["users"], m["duration"], m["freq"]), "",
+             % (len({r["round"] for r in runs}), m["rate"], m["users"], m["duration"], m["freq"],
+                ", after a warm-up pass registering every user (re-REGISTERs: refresh PUBLISHes)"
+                if m.get("warm") else ""), "",
              "| us per PUBLISH | " + " | ".join(configs) + " | ours/C |",
              "|---|" + "---|" * len(configs) + "---|"]
 
@@ -1186,7 +1240,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pua", default=os.environ.get("PUA_SO", os.path.join(REPO, "pua.so")))
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--rates", default="1000,3000")
+    ap.add_argument("--rates", default="1000,3000,1000w",
+                    help="offered REGISTER/s; a trailing w (1000w) measures after a warm-up "
+                         "pass registering every user (re-REGISTERs only)")
+    ap.add_argument("--warm-rate", type=int, default=1000,
+                    help="REGISTER/s of the warm-up pass (at most the run's rate)")
     ap.add_argument("--duration", type=float, default=12.0, help="seconds of load per run")
     ap.add_argument("--drain", type=float, default=3.0)
     ap.add_argument("--users", type=int, default=10000)
@@ -1204,6 +1262,8 @@ def main():
                     help="CPU time inside pua's entry points, sampled with perf (see README)")
     ap.add_argument("--perf-rate", type=int, default=1000)
     ap.add_argument("--perf-freq", type=int, default=5000)
+    ap.add_argument("--perf-warm", action="store_true",
+                    help="perf after a warm-up pass registering every user (re-REGISTERs only)")
     ap.add_argument("--perf-keep", action="store_true",
                     help="keep each run's perf.data (~200 MB) in its work directory")
     ap.add_argument("--quiet-wait", type=float, default=90.0,
@@ -1227,11 +1287,11 @@ def main():
         if saved and "own_us" in saved[0]:
             log(perf_table(saved))       # a perf.json
         else:
-            log(table(saved, sorted({r["rate"] for r in saved})))
+            log(table(saved, sorted({rkey(r) for r in saved})))
         return
     if a.quick:
         a.rounds, a.rates, a.duration = 1, "1000", 5.0
-    rates = [int(x) for x in a.rates.split(",") if x]
+    rates = parse_rates(a.rates)
     configs = [c for c in a.configs.split(",") if c]
     kamtest.install_signal_handlers()
 
@@ -1269,16 +1329,16 @@ def main():
     results = []
     t0 = time.monotonic()
     for rnd in range(1, a.rounds + 1):
-        for rate in rates:
+        for rate, warm in rates:
             # rotate the order per round so drift does not favour one config
             order = configs[(rnd - 1) % len(configs):] + configs[:(rnd - 1) % len(configs)]
             for config in order:
-                r = run_one(config, rate, rnd, a, ours_so)
+                r = run_one(config, rate, rnd, a, ours_so, warm)
                 results.append(r)
-                log("round %d rate %d %-5s: %5.0f PUBLISH/s, CPU %.3f s/1k, shm %s B/pub, "
+                log("round %d rate %s %-5s: %5.0f PUBLISH/s, CPU %.3f s/1k, shm %s B/pub, "
                     "errors %.2f/1k (REG t/o %d, non200 %d, lost PUBLISH %d; ERR lines %d), "
                     "init/refresh %d/%d, p99 %.1f ms, settle %.1f s%s" % (
-                        rnd, rate, config, r["pub_rate"], r["cpu_per_1k"] or 0,
+                        rnd, rlabel((rate, warm)), config, r["pub_rate"], r["cpu_per_1k"] or 0,
                         fmt("%.0f", r["shm_per_pub"]), r["errors_per_1k"], r["reg_timeouts"],
                         r["reg_non200"], r["lost_pub"], r["log_errors"], r["pub_initial"],
                         r["pub_refresh"], r["reg_lat_p99_ms"],

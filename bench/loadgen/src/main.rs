@@ -14,7 +14,7 @@
 //!
 //! `loadgen phones --target 127.0.0.1:PORT --users N --rate R
 //!                 (--duration S | --count C) [--drain S] [--expires E]
-//!                 [--domain D]`
+//!                 [--domain D] [--warmup W [--warmup-rate R2]]`
 //!     The phones: one UDP socket, one thread sending REGISTERs for users
 //!     u0..u(N-1) in a loop (user = seq % N) at a fixed rate (token bucket,
 //!     0.5 ms ticks), one thread receiving the replies.  Each user has its
@@ -25,6 +25,13 @@
 //!     answered or --drain seconds) `RESULT {json}` with the counts: sent,
 //!     ok (200), non200 by code, timeouts (no final reply by the end of the
 //!     drain), duplicates, latency percentiles.
+//!     --warmup W: first W REGISTERs (one pass over the users when W = N)
+//!     at --warmup-rate (default --rate), waiting until they are answered
+//!     (or --drain s), then `WARMED {json}` with their counts; then one line
+//!     on stdin (`go`) starts the measured load, whose sequence numbers
+//!     (branch, CSeq) continue after the warm-up's, so every user's contact
+//!     is refreshed (usrloc UPDATE, pua_usrloc's refresh PUBLISH) rather
+//!     than created.  `RESULT` counts the measured REGISTERs only.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, Write};
@@ -354,7 +361,9 @@ fn phones(args: &Args) {
     let drain: f64 = args.num("--drain", Some(3.0));
     let expires: u64 = args.num("--expires", Some(3600));
     let domain = args.get("--domain").unwrap_or("bench.local").to_string();
-    if users == 0 || rate <= 0.0 {
+    let warmup: u64 = args.num("--warmup", Some(0));
+    let warmup_rate: f64 = args.num("--warmup-rate", Some(rate));
+    if users == 0 || rate <= 0.0 || warmup_rate <= 0.0 {
         die("--users and --rate must be > 0");
     }
     let total: u64 = match (duration, count) {
@@ -368,9 +377,10 @@ fn phones(args: &Args) {
     let run_id = (now_unix_ms() % 1_000_000) as u64;
 
     let t0 = Instant::now();
-    let sent_ns: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
-    let status: Arc<Vec<AtomicU32>> = Arc::new((0..total).map(|_| AtomicU32::new(0)).collect());
-    let lat_us: Arc<Vec<AtomicU32>> = Arc::new((0..total).map(|_| AtomicU32::new(0)).collect());
+    let slots = warmup + total;
+    let sent_ns: Arc<Vec<AtomicU64>> = Arc::new((0..slots).map(|_| AtomicU64::new(0)).collect());
+    let status: Arc<Vec<AtomicU32>> = Arc::new((0..slots).map(|_| AtomicU32::new(0)).collect());
+    let lat_us: Arc<Vec<AtomicU32>> = Arc::new((0..slots).map(|_| AtomicU32::new(0)).collect());
     let answered = Arc::new(AtomicU64::new(0));
     let dups = Arc::new(AtomicU64::new(0));
     let foreign = Arc::new(AtomicU64::new(0));
@@ -434,49 +444,74 @@ fn phones(args: &Args) {
         })
     };
 
+    let mut msg = String::with_capacity(1024);
+    let mut send_errors: u64 = 0;
+    // Sends REGISTERs `from..to` (sequence numbers) at `rate` per second.
+    let mut send_range = |from: u64, to: u64, rate: f64| {
+        let start = Instant::now();
+        let mut sent = from;
+        loop {
+            let el = start.elapsed().as_secs_f64();
+            let due = (from + (el * rate).floor() as u64 + 1).min(to);
+            while sent < due {
+                let user = sent % users;
+                msg.clear();
+                msg.push_str(&format!(
+                    "REGISTER sip:{target} SIP/2.0\r\n\
+                     Via: SIP/2.0/UDP {local};branch=z9hG4bK-lg{run_id}-{sent};rport\r\n\
+                     Max-Forwards: 70\r\n\
+                     From: <sip:u{user}@{domain}>;tag=ft{user}\r\n\
+                     To: <sip:u{user}@{domain}>\r\n\
+                     Call-ID: lgreg-{user}-{run_id}@bench\r\n\
+                     CSeq: {cseq} REGISTER\r\n\
+                     Contact: <sip:u{user}@{local}>;expires={expires}\r\n\
+                     Expires: {expires}\r\n\
+                     User-Agent: pua-rs-bench-loadgen\r\n\
+                     Content-Length: 0\r\n\r\n",
+                    cseq = sent + 1
+                ));
+                sent_ns[sent as usize].store(t0.elapsed().as_nanos() as u64, Ordering::Release);
+                if sock.send_to(msg.as_bytes(), target).is_err() {
+                    send_errors += 1;
+                }
+                sent += 1;
+            }
+            if sent >= to {
+                return;
+            }
+            thread::sleep(Duration::from_micros(500));
+        }
+    };
+    if warmup > 0 {
+        send_range(0, warmup, warmup_rate);
+        let drain_end = Instant::now() + Duration::from_secs_f64(drain);
+        while Instant::now() < drain_end && answered.load(Ordering::Relaxed) < warmup {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let ok = (0..warmup as usize)
+            .filter(|&i| status[i].load(Ordering::Relaxed) == 200)
+            .count();
+        println!(
+            "WARMED {{\"sent\": {warmup}, \"ok\": {ok}, \"answered\": {}}}",
+            answered.load(Ordering::Relaxed)
+        );
+        std::io::stdout().flush().unwrap();
+        let mut line = String::new();
+        if std::io::stdin().lock().read_line(&mut line).unwrap_or(0) == 0 {
+            die("stdin closed after the warm-up");
+        }
+    }
     println!("START {}", now_unix_ms());
     std::io::stdout().flush().unwrap();
-    let mut msg = String::with_capacity(1024);
-    let mut sent: u64 = 0;
-    let mut send_errors: u64 = 0;
     let start = Instant::now();
-    'outer: loop {
-        let el = start.elapsed().as_secs_f64();
-        let due = ((el * rate).floor() as u64 + 1).min(total);
-        while sent < due {
-            let user = sent % users;
-            msg.clear();
-            msg.push_str(&format!(
-                "REGISTER sip:{target} SIP/2.0\r\n\
-                 Via: SIP/2.0/UDP {local};branch=z9hG4bK-lg{run_id}-{sent};rport\r\n\
-                 Max-Forwards: 70\r\n\
-                 From: <sip:u{user}@{domain}>;tag=ft{user}\r\n\
-                 To: <sip:u{user}@{domain}>\r\n\
-                 Call-ID: lgreg-{user}-{run_id}@bench\r\n\
-                 CSeq: {cseq} REGISTER\r\n\
-                 Contact: <sip:u{user}@{local}>;expires={expires}\r\n\
-                 Expires: {expires}\r\n\
-                 User-Agent: pua-rs-bench-loadgen\r\n\
-                 Content-Length: 0\r\n\r\n",
-                cseq = sent + 1
-            ));
-            sent_ns[sent as usize].store(t0.elapsed().as_nanos() as u64, Ordering::Release);
-            if sock.send_to(msg.as_bytes(), target).is_err() {
-                send_errors += 1;
-            }
-            sent += 1;
-        }
-        if sent >= total {
-            break 'outer;
-        }
-        thread::sleep(Duration::from_micros(500));
-    }
+    send_range(warmup, warmup + total, rate);
+    let sent = total;
     let send_s = start.elapsed().as_secs_f64();
     println!("SENDING_DONE {send_s:.3} {sent}");
     std::io::stdout().flush().unwrap();
 
     let drain_end = Instant::now() + Duration::from_secs_f64(drain);
-    while Instant::now() < drain_end && answered.load(Ordering::Relaxed) < sent {
+    while Instant::now() < drain_end && answered.load(Ordering::Relaxed) < warmup + sent {
         thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, Ordering::Relaxed);
@@ -485,7 +520,7 @@ fn phones(args: &Args) {
     let mut codes: BTreeMap<u32, u64> = BTreeMap::new();
     let mut lats: Vec<u32> = Vec::new();
     let mut timeouts = 0u64;
-    for i in 0..sent as usize {
+    for i in warmup as usize..(warmup + sent) as usize {
         let c = status[i].load(Ordering::Relaxed);
         if c == 0 {
             timeouts += 1;
