@@ -308,11 +308,9 @@ pub unsafe fn send_publish(publ: &publ_info_t) -> c_int {
     let cfg = &engine.cfg;
     let asked =
         pua_core::publish::asked_expires(publ.expires, cfg.default_expires, cfg.min_expires);
-    thread_local! {
-        // Its strings' capacity is reused: no heap allocation per call for
-        // the usual fields.
-        static INTENT: std::cell::RefCell<RecordData> = std::cell::RefCell::new(RecordData::default());
-    }
+    // Its strings' capacity is reused: no heap allocation per call for the
+    // usual fields.
+    static INTENT: pua_core::scratch::Slot<RecordData> = pua_core::scratch::Slot::new();
     pua_core::scratch::with_scratch(&INTENT, |intent| {
         let spare = intent.clear();
         let put = |v: &mut Vec<u8>, s: &[u8]| v.extend_from_slice(s);

@@ -421,9 +421,7 @@ impl Engine {
         let next_hop = n
             .opt(crate::table::F::OutboundProxy)
             .or(self.cfg.outbound_proxy.as_deref());
-        thread_local! {
-            static HEADERS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
+        static HEADERS: crate::scratch::Slot<Vec<u8>> = crate::scratch::Slot::new();
         let sent = crate::scratch::with_scratch(&HEADERS, |headers| {
             publish::build_headers_into(
                 headers,

@@ -144,11 +144,7 @@ pub fn add(
     }
     head.first.store(ev, Ordering::Release);
     head.count.fetch_add(1, Ordering::AcqRel);
-    let _ = LOCAL.try_with(|l| {
-        if let Ok(l) = l.try_borrow() {
-            l.fresh.invalidate();
-        }
-    });
+    let _ = crate::scratch::try_with_slot(&LOCAL, |l| l.fresh.invalidate());
     Ok(true)
 }
 
@@ -203,28 +199,25 @@ pub fn by_name(name: &[u8]) -> Option<Event> {
 }
 
 /// The event with this flag (`get_event`).
-/// This thread's copy of the events' flags (see [`crate::local`]): every
+/// This process's copy of the events' flags (see [`crate::local`]): every
 /// PUBLISH looks its event up by flag, twice; the list in shm is linked
 /// nodes, newest first, so `presence` (added first) was the last of them.
+#[derive(Default)]
 struct LocalEvents {
     fresh: crate::local::Freshness,
     by_flag: Vec<(i32, Event)>,
 }
 
-thread_local! {
-    static LOCAL: std::cell::RefCell<LocalEvents> = const {
-        std::cell::RefCell::new(LocalEvents {
-            fresh: crate::local::Freshness::new(),
-            by_flag: Vec::new(),
-        })
-    };
-}
+// SAFETY: `Event`s are pointers to nodes in shm, valid in every process and
+// thread until destroy.
+unsafe impl Send for LocalEvents {}
+
+static LOCAL: crate::scratch::Slot<LocalEvents> = crate::scratch::Slot::new();
 
 /// The event of `flag` (the newest one, when two share a flag, as the
 /// list walk finds it).
 pub fn by_flag(flag: i32) -> Option<Event> {
-    let local = LOCAL.try_with(|l| {
-        let mut l = l.try_borrow_mut().ok()?;
+    let local = crate::scratch::try_with_slot(&LOCAL, |l| {
         if !l.fresh.fresh() {
             let head = head()?;
             let n = head.count.load(Ordering::Acquire);
@@ -247,8 +240,8 @@ pub fn by_flag(flag: i32) -> Option<Event> {
         Some(l.by_flag.iter().find(|(f, _)| *f == flag).map(|&(_, e)| e))
     });
     match local {
-        Ok(Some(found)) => found,
-        // In use further up the stack, or the thread is exiting.
+        Some(Some(found)) => found,
+        // In use further up the stack or by another thread.
         _ => find(|e| e.flag() == flag),
     }
 }
@@ -269,11 +262,9 @@ pub fn all() -> Vec<Event> {
 
 /// Frees the list (module destroy, one process, after the workers are gone).
 pub fn destroy() {
-    let _ = LOCAL.try_with(|l| {
-        if let Ok(mut l) = l.try_borrow_mut() {
-            l.fresh.invalidate();
-            l.by_flag.clear();
-        }
+    let _ = crate::scratch::try_with_slot(&LOCAL, |l| {
+        l.fresh.invalidate();
+        l.by_flag.clear();
     });
     let h = HEAD.swap(ptr::null_mut(), Ordering::AcqRel);
     if h.is_null() {

@@ -1,26 +1,74 @@
 //! Per-process scratch values: buffers whose heap capacity is kept from one
 //! request to the next, so the PUBLISH path does not allocate for them.
+//!
+//! A [`Slot`] is a plain `static` guarded by an atomic busy flag, not a
+//! `thread_local!`: in a module Kamailio loads with dlopen every
+//! thread-local access goes through `__tls_get_addr` (the general-dynamic
+//! TLS model), which perf measured at about 0.8 us per PUBLISH (cold, as
+//! everything on that path). Kamailio's workers are single-threaded
+//! processes, each with its own copy of the static after the fork; should
+//! a second thread of one process (or a nested call: a consumer callback
+//! that publishes from inside our reply handling) come while the slot is
+//! in use, it gets a fresh value instead of waiting.
 
-use std::cell::RefCell;
-use std::thread::LocalKey;
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Runs `f` with the thread's scratch value in `key` (as the last caller
-/// left it: `f` resets what it needs), or with a fresh `T` when the scratch
-/// is in use further up the stack (a consumer callback that publishes from
-/// inside our reply handling) or the thread is exiting.
-pub fn with_scratch<T: Default, R>(
-    key: &'static LocalKey<RefCell<T>>,
-    f: impl FnOnce(&mut T) -> R,
-) -> R {
+/// A scratch value shared by the threads of one process, one user at a time.
+pub struct Slot<T> {
+    busy: AtomicBool,
+    val: UnsafeCell<Option<T>>,
+}
+
+// SAFETY: `val` is only reached by the holder of `busy` (an acquire/release
+// pair orders its accesses), so one thread at a time; `T: Send` lets the
+// value move between the threads that successively hold it.
+unsafe impl<T: Send> Sync for Slot<T> {}
+
+impl<T> Slot<T> {
+    pub const fn new() -> Slot<T> {
+        Slot {
+            busy: AtomicBool::new(false),
+            val: UnsafeCell::new(None),
+        }
+    }
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Clears the busy flag when dropped, unwinding included.
+struct Release<'a>(&'a AtomicBool);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Runs `f` with the slot's value (created with `T::default()` at first
+/// use) if no one else holds it; `None` (and `f` not run) when it is busy.
+pub fn try_with_slot<T: Default, R>(slot: &Slot<T>, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+    slot.busy
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .ok()?;
+    let _release = Release(&slot.busy);
+    // SAFETY: the busy flag is ours until `_release` drops: no other
+    // reference to the value exists meanwhile.
+    let v = unsafe { &mut *slot.val.get() };
+    Some(f(v.get_or_insert_with(T::default)))
+}
+
+/// Runs `f` with the slot's value (as the last user left it: `f` resets
+/// what it needs), or with a fresh `T` when the slot is in use further up
+/// the stack or by another thread.
+pub fn with_scratch<T: Default, R>(slot: &Slot<T>, f: impl FnOnce(&mut T) -> R) -> R {
     let mut f = Some(f);
-    let r = key
-        .try_with(|c| {
-            let mut v = c.try_borrow_mut().ok()?;
-            f.take().map(|f| f(&mut v))
-        })
-        .ok()
-        .flatten();
-    match (r, f) {
+    let r = try_with_slot(slot, |v| f.take().map(|f| f(v)));
+    match (r.flatten(), f) {
         (Some(r), _) => r,
         (None, Some(f)) => f(&mut T::default()),
         // `f` was taken only to run, and then gave `Some` (the arm above).
@@ -32,12 +80,9 @@ pub fn with_scratch<T: Default, R>(
 mod tests {
     use super::*;
 
-    thread_local! {
-        static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    }
-
     #[test]
     fn reuses_the_buffer_and_nests() {
+        static BUF: Slot<Vec<u8>> = Slot::new();
         let cap = with_scratch(&BUF, |b| {
             b.clear();
             b.extend_from_slice(&[1; 100]);
@@ -48,11 +93,35 @@ mod tests {
                 b2.len()
             });
             assert_eq!(inner, 1);
+            assert!(try_with_slot(&BUF, |_| ()).is_none(), "busy while in use");
             b.capacity()
         });
         with_scratch(&BUF, |b| {
             assert_eq!(b.len(), 100, "as the last caller left it");
             assert_eq!(b.capacity(), cap);
         });
+    }
+
+    #[test]
+    fn released_after_a_panic_and_shared_by_threads() {
+        static N: Slot<u64> = Slot::new();
+        let r = std::panic::catch_unwind(|| with_scratch(&N, |_| panic!("inside")));
+        assert!(r.is_err());
+        assert_eq!(try_with_slot(&N, |n| *n), Some(0), "the flag was released");
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..10_000 {
+                        // Either the slot (counted) or a fresh value (not).
+                        with_scratch(&N, |n| *n += 1);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        let n = try_with_slot(&N, |n| *n).unwrap();
+        assert!(n > 0 && n <= 40_000, "{n}");
     }
 }

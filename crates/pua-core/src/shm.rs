@@ -40,6 +40,15 @@ fn allocator() -> &'static dyn ShmAllocator {
 
 /// Allocates `size` zeroed bytes of shared memory; `None` when it is exhausted.
 pub fn alloc_zeroed(size: usize) -> Option<*mut u8> {
+    let p = alloc_uninit(size)?;
+    // SAFETY: `p` is a fresh allocation of at least `size` bytes.
+    unsafe { ptr::write_bytes(p, 0, size) };
+    Some(p)
+}
+
+/// Allocates `size` bytes of shared memory whose contents are undefined
+/// (for a caller that writes all it will read); `None` when it is exhausted.
+pub fn alloc_uninit(size: usize) -> Option<*mut u8> {
     let p = allocator().alloc(size.max(1));
     if p.is_null() {
         // Under overload this can happen thousands of times a second: log
@@ -55,8 +64,6 @@ pub fn alloc_zeroed(size: usize) -> Option<*mut u8> {
         }
         return None;
     }
-    // SAFETY: `p` is a fresh allocation of at least `size` bytes.
-    unsafe { ptr::write_bytes(p, 0, size) };
     Some(p)
 }
 
