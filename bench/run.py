@@ -327,6 +327,26 @@ def rlabel(key):
     return "%d%s" % (key[0], "w" if key[1] else "")
 
 
+def phones_argv(k, rate, a):
+    return [LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
+            "--users", str(a.users), "--rate", str(rate),
+            "--duration", str(a.duration), "--drain", str(a.drain)]
+
+
+def warm_phones(k, rate, a, work):
+    """Starts the phones with a warm-up pass over every user (at
+    min(rate, --warm-rate)) and waits until it is answered; the measured
+    load starts on `phones.send("go\\n")`. Returns (phones, REGISTERs of
+    the pass answered 200)."""
+    wrate = min(rate, a.warm_rate)
+    argv = phones_argv(k, rate, a) + ["--warmup", str(a.users), "--warmup-rate", str(wrate)]
+    phones = LineProc(argv, stdin=True, stderr_path=os.path.join(work, "phones.stderr"))
+    w = json.loads(phones.expect("WARMED", a.users / wrate + a.drain + 30))
+    if w["ok"] < a.users:
+        log("  note: warm-up pass: %d of %d REGISTERs answered 200" % (w["ok"], a.users))
+    return phones, w["ok"]
+
+
 def run_one(config, rate, rnd, a, ours_so, warm=False):
     """One measured run. `warm`: before the measured window the phones
     register every user once (at min(rate, --warm-rate)) and the window
@@ -355,15 +375,8 @@ def run_one(config, rate, rnd, a, ours_so, warm=False):
         workers = sorted(kamtest.pgroup_members(k.pid))
         res["shm_idle"] = shm_real_used(k)
         res["pua_shm_idle"] = mod_shm(k, "pua") if config != "floor" else None
-        argv = [LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
-                "--users", str(a.users), "--rate", str(rate),
-                "--duration", str(a.duration), "--drain", str(a.drain)]
         if warm:
-            wrate = min(rate, a.warm_rate)
-            argv += ["--warmup", str(a.users), "--warmup-rate", str(wrate)]
-            phones = LineProc(argv, stdin=True, stderr_path=os.path.join(work, "phones.stderr"))
-            w = json.loads(phones.expect("WARMED", a.users / wrate + a.drain + 30))
-            res["warm_ok"] = w["ok"]
+            phones, res["warm_ok"] = warm_phones(k, rate, a, work)
             time.sleep(0.5)      # the last warm-up PUBLISHes' replies
             u0 = uas.stats()
             ct0 = cpu_times(k.pid)
@@ -371,7 +384,8 @@ def run_one(config, rate, rnd, a, ours_so, warm=False):
         else:
             u0 = uas.stats()
             ct0 = cpu_times(k.pid)
-            phones = LineProc(argv, stderr_path=os.path.join(work, "phones.stderr"))
+            phones = LineProc(phones_argv(k, rate, a),
+                              stderr_path=os.path.join(work, "phones.stderr"))
         phones.expect("START", 10)
         t_start = time.monotonic()
         done = phones.expect("SENDING_DONE", a.duration + 15).split()
@@ -1033,15 +1047,9 @@ def perf_run(config, rnd, a, ours_so):
         k.check_pua_loaded()
         time.sleep(1.0)
         pids = sorted(kamtest.pgroup_members(k.pid))
-        argv = [LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
-                "--users", str(a.users), "--rate", str(a.perf_rate),
-                "--duration", str(a.duration), "--drain", str(a.drain)]
         if a.perf_warm:
             # as run_one's warm runs: sampling starts after every user is registered
-            wrate = min(a.perf_rate, a.warm_rate)
-            argv += ["--warmup", str(a.users), "--warmup-rate", str(wrate)]
-            phones = LineProc(argv, stdin=True, stderr_path=os.path.join(work, "phones.stderr"))
-            phones.expect("WARMED", a.users / wrate + a.drain + 30)
+            phones, res["warm_ok"] = warm_phones(k, a.perf_rate, a, work)
         rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(a.perf_freq),
                                 "--call-graph", "dwarf,16384", "-o", data,
                                 "-p", ",".join(map(str, pids))],
@@ -1052,7 +1060,8 @@ def perf_run(config, rnd, a, ours_so):
         if phones:
             phones.send("go\n")
         else:
-            phones = LineProc(argv, stderr_path=os.path.join(work, "phones.stderr"))
+            phones = LineProc(phones_argv(k, a.perf_rate, a),
+                              stderr_path=os.path.join(work, "phones.stderr"))
         phones.expect("START", 10)
         phones.expect("SENDING_DONE", a.duration + 15)
         result = json.loads(phones.expect("RESULT", a.drain + 15))
