@@ -10,7 +10,13 @@
 //! - after every operation the touched records are written back (new rows
 //!   inserted, changed ones updated, an UPDATE that finds no row becomes an
 //!   INSERT), deleted records' rows are deleted, and records with nothing
-//!   in flight leave the table ([`Engine::settle`]);
+//!   in flight leave the table ([`Engine::settle`]). One process at a time
+//!   writes a chain's rows (the chain's writer bit), deletes first, and
+//!   looks again before it lets go, so a row never goes back to an older
+//!   state and a record leaves only once its last change is written;
+//! - a lookup that saw a record in memory (or brought its row in) and
+//!   locks the chain again checks the chain's eviction count: if a record
+//!   left meanwhile it looks again ([`Engine::still_valid`]);
 //! - the timer pass reads the rows due for a refresh or expired and takes
 //!   each with a conditional UPDATE of its `expires` (a lease), so that of
 //!   several nodes sharing the table only one refreshes a record, where the
@@ -133,16 +139,28 @@ impl Engine {
     /// db_mode 2: brings the row of the publication `q` asks for into the
     /// table when the table does not hold it. `Err` when the database
     /// cannot be read (the caller must not take the publication for new).
-    pub(crate) fn preload_publication(&self, host: &dyn Host, q: &RecordData) -> Result<(), ()> {
+    ///
+    /// `Ok(Some(ticket))`: the chain's eviction count when the record was
+    /// seen here or brought in (or found absent); the caller compares it
+    /// when it locks the chain again ([`Engine::still_valid`]). `Ok(None)`
+    /// outside db_mode 2.
+    pub(crate) fn preload_publication(
+        &self,
+        host: &dyn Host,
+        q: &RecordData,
+    ) -> Result<Option<u32>, ()> {
         if !self.cfg.db_only {
-            return Ok(());
+            return Ok(None);
         }
         let bucket = self.table.bucket_of(&q.pres_uri, None);
         let qh = crate::hash::uri_hash(&q.pres_uri);
         let here =
             |b: &crate::table::BucketRef<'_>| b.find(|p| in_memory(p, q, qh, None)).is_some();
-        if here(&self.table.lock(bucket)) {
-            return Ok(());
+        {
+            let b = self.table.lock(bucket);
+            if here(&b) {
+                return Ok(Some(b.evictions()));
+            }
         }
         // With an id, the (pres_id, pres_uri) index of Kamailio's schema
         // serves the lookup; without one (any id matches), pres_uri alone.
@@ -178,10 +196,12 @@ impl Engine {
             );
         }
         found.sort_by_key(|d| std::cmp::Reverse(d.expires));
-        if let Some(d) = found.into_iter().next() {
-            self.adopt(bucket, d, NO_UPDATEDB_FLAG, here);
-        }
-        Ok(())
+        Ok(Some(self.adopt(
+            bucket,
+            found.into_iter().next(),
+            NO_UPDATEDB_FLAG,
+            here,
+        )))
     }
 
     /// db_mode 2: the same for the subscription `q` asks for.
@@ -190,19 +210,22 @@ impl Engine {
         host: &dyn Host,
         q: &RecordData,
         check_remote_contact: bool,
-    ) -> Result<(), ()> {
+    ) -> Result<Option<u32>, ()> {
         if !self.cfg.db_only {
-            return Ok(());
+            return Ok(None);
         }
         let Some(w) = q.watcher_uri.as_deref() else {
-            return Ok(());
+            return Ok(None);
         };
         let bucket = self.table.bucket_of(&q.pres_uri, Some(w));
         let qh = crate::hash::uri_hash(&q.pres_uri);
         let here =
             |b: &crate::table::BucketRef<'_>| b.find(|p| in_memory(p, q, qh, Some(w))).is_some();
-        if here(&self.table.lock(bucket)) {
-            return Ok(());
+        {
+            let b = self.table.lock(bucket);
+            if here(&b) {
+                return Ok(Some(b.evictions()));
+            }
         }
         let rows = self
             .with_db(host, |s| {
@@ -233,35 +256,50 @@ impl Engine {
             .filter(|d| same_subscription(d, q, check_remote_contact) && !d.to_tag.is_empty())
             .collect();
         found.sort_by_key(|d| std::cmp::Reverse(d.expires));
-        if let Some(mut d) = found.into_iter().next() {
+        let mut row = found.into_iter().next();
+        if let Some(d) = row.as_mut() {
             // Not a column: the consumer's outbound proxy of this request.
             d.outbound_proxy = q.outbound_proxy.clone();
-            self.adopt(bucket, d, NO_UPDATEDB_FLAG, here);
         }
-        Ok(())
+        Ok(Some(self.adopt(bucket, row, NO_UPDATEDB_FLAG, here)))
     }
 
-    /// Puts a record read from the database into its bucket unless `here`
-    /// says another process brought it in meanwhile.
+    /// Puts a record read from the database (if a row was found) into its
+    /// bucket unless `here` says another process brought it in meanwhile.
+    /// Returns the chain's eviction count under that lock: the ticket.
     fn adopt(
         &self,
         bucket: usize,
-        mut d: RecordData,
+        row: Option<RecordData>,
         db_flag: i32,
         here: impl Fn(&crate::table::BucketRef<'_>) -> bool,
-    ) {
+    ) -> u32 {
+        let mut b = self.table.lock(bucket);
+        let ticket = b.evictions();
+        let Some(mut d) = row else {
+            return ticket;
+        };
+        if here(&b) {
+            return ticket;
+        }
         d.db_flag = db_flag;
         d.ext = Default::default();
         d.ua_flag = REQ_ME;
         d.cb_param = 0;
-        let mut b = self.table.lock(bucket);
-        if here(&b) {
-            return;
-        }
         match d.to_shm() {
             Some(r) => b.push(r),
             None => lm_err!("out of shm reading a pua row"),
         }
+        ticket
+    }
+
+    /// Whether what a preload saw (its `ticket`) still holds in the locked
+    /// chain `b`: no record has been evicted from it since. A record seen
+    /// here or brought in may otherwise have left for the database between
+    /// the two locks (another process's [`Engine::settle`]), and the
+    /// caller would take the publication for new or its etag for wrong.
+    pub(crate) fn still_valid(b: &crate::table::BucketRef<'_>, ticket: Option<u32>) -> bool {
+        ticket.is_none_or(|t| b.evictions() == t)
     }
 
     /// db_mode 2: a dialog that is not in the table, read from the database
@@ -374,7 +412,7 @@ impl Engine {
             if d.watcher_uri.as_deref().is_some_and(<[u8]>::is_empty) {
                 d.watcher_uri = None;
             }
-            self.adopt(bucket, d.clone(), UPDATEDB_FLAG, |b| {
+            self.adopt(bucket, Some(d.clone()), UPDATEDB_FLAG, |b| {
                 b.find(|p| same_row(p, &d)).is_some()
             });
             taken += 1;
@@ -390,44 +428,60 @@ impl Engine {
         if !self.cfg.db_only {
             return;
         }
-        // Rows of deleted records.
-        let tombs = self.shared.tombs.take_all();
-        for t in tombs {
-            let d = RecordData::from_rec(t);
-            // SAFETY: taken off the stack; ours.
-            unsafe { free_record(t) };
-            let (k, v) = persist::key(&d);
-            let ops = vec!["="; k.len()];
-            if self.with_db(host, |s| s.delete(&k, &ops, &v)).is_err() {
-                self.shared.tombs.push(&d);
-            }
+        match buckets {
+            Some(l) => l.iter().for_each(|&i| self.settle_chain(host, i)),
+            None => (0..self.table.buckets()).for_each(|i| self.settle_chain(host, i)),
         }
-        let all: Vec<usize>;
-        let list = match buckets {
-            Some(l) => l,
-            None => {
-                all = (0..self.table.buckets()).collect();
-                &all
-            }
-        };
-        for &i in list {
+    }
+
+    /// [`Engine::settle`] for chain `i`. One process at a time writes a
+    /// chain's rows (the chain's writer bit): the writes of a row then
+    /// land in the order of its changes, a DELETE after them, and a record
+    /// leaves memory only after its last change is written. A process that
+    /// finds the bit taken leaves its changes to the writer, which looks
+    /// again under the lock before it gives the bit back.
+    fn settle_chain(&self, host: &dyn Host, i: usize) {
+        let mut b = self.table.lock(i);
+        if b.writer_busy() {
+            return;
+        }
+        b.set_writer(true);
+        loop {
+            let tombs = b.take_tombs();
             let mut dirty = Vec::new();
-            {
-                let mut b = self.table.lock(i);
-                let recs: Vec<Rec> = b.iter().collect();
-                for r in recs {
-                    let p = b.get(r);
-                    // A record in flight is written when its work is done
-                    // (a row taken by the timer keeps its lease until then).
-                    if p.db_flag == NO_UPDATEDB_FLAG
-                        || p.db_flag == 0
-                        || !persist::persistent(p)
-                        || !idle(r)
-                    {
-                        continue;
-                    }
-                    dirty.push((p.db_flag, RecordData::from_rec(r)));
-                    b.get_mut(r).db_flag = NO_UPDATEDB_FLAG;
+            let recs: Vec<Rec> = b.iter().collect();
+            for r in recs {
+                let p = b.get(r);
+                // A record in flight is written when its work is done
+                // (a row taken by the timer keeps its lease until then).
+                if p.db_flag == NO_UPDATEDB_FLAG
+                    || p.db_flag == 0
+                    || !persist::persistent(p)
+                    || !idle(r)
+                {
+                    continue;
+                }
+                dirty.push((p.db_flag, RecordData::from_rec(r)));
+                b.get_mut(r).db_flag = NO_UPDATEDB_FLAG;
+            }
+            if tombs.is_empty() && dirty.is_empty() {
+                Self::evict_idle(&mut b);
+                b.set_writer(false);
+                return;
+            }
+            drop(b);
+            // Deletes first: a row deleted and then made anew (the same
+            // key) is deleted before it is inserted again.
+            let mut failed_tombs = Vec::new();
+            for t in tombs {
+                let d = RecordData::from_rec(t);
+                let (k, v) = persist::key(&d);
+                let ops = vec!["="; k.len()];
+                if self.with_db(host, |s| s.delete(&k, &ops, &v)).is_err() {
+                    failed_tombs.push(t);
+                } else {
+                    // SAFETY: taken off the chain's tomb list; ours.
+                    unsafe { free_record(t) };
                 }
             }
             let mut failed = Vec::new();
@@ -436,17 +490,31 @@ impl Engine {
                     failed.push((flag, d));
                 }
             }
-            let mut b = self.table.lock(i);
-            for (flag, d) in &failed {
-                persist::remark(&mut b, d, *flag);
-            }
-            let recs: Vec<Rec> = b.iter().collect();
-            for r in recs {
-                let p = b.get(r);
-                let clean = p.db_flag == NO_UPDATEDB_FLAG || !persist::persistent(p);
-                if clean && idle(r) {
-                    b.delete(r);
+            b = self.table.lock(i);
+            if !failed_tombs.is_empty() || !failed.is_empty() {
+                // The database is not taking writes: keep them for the
+                // next time (an operation on the chain, or the timer).
+                for t in failed_tombs {
+                    b.rebury(t);
                 }
+                for (flag, d) in &failed {
+                    persist::remark(&mut b, d, *flag);
+                }
+                Self::evict_idle(&mut b);
+                b.set_writer(false);
+                return;
+            }
+        }
+    }
+
+    /// Lets the written records with nothing going on leave the chain.
+    fn evict_idle(b: &mut crate::table::BucketRef<'_>) {
+        let recs: Vec<Rec> = b.iter().collect();
+        for r in recs {
+            let p = b.get(r);
+            let clean = p.db_flag == NO_UPDATEDB_FLAG || !persist::persistent(p);
+            if clean && idle(r) {
+                b.evict(r);
             }
         }
     }

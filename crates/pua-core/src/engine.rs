@@ -153,10 +153,26 @@ fn same_publication_as(p: &Node, q: &Node) -> bool {
     is_publication(p, q.flag, q.event, q.uri_hash, q.pres_uri(), q.id())
 }
 
+/// db_mode 2, internal: what a preload saw has left memory since; look
+/// again (never returned to a consumer).
+pub(crate) const STALE: i32 = i32::MIN;
+/// How often a lookup is repeated for [`STALE`] before it gives up.
+pub(crate) const STALE_TRIES: u32 = 8;
+
 impl Engine {
     /// Deletes a record from its (locked) bucket; with persistence on, its
     /// row is deleted at the next sync.
     pub(crate) fn drop_record(&self, b: &mut BucketRef<'_>, r: Rec) {
+        if self.cfg.db_only {
+            // Its row goes with the chain's next write (in order with the
+            // row's other writes; see `dbonly::settle_chain`).
+            if crate::persist::persistent(b.get(r)) {
+                b.bury(r);
+            } else {
+                b.delete(r);
+            }
+            return;
+        }
         if self.cfg.persist {
             crate::persist::record_deleted(&self.shared.tombs, b.get(r), r);
         }
@@ -194,14 +210,25 @@ impl Engine {
             lm_err!("send_publish: empty presentity URI");
             return -1;
         }
-        if self.preload_publication(host, intent).is_err() {
-            return -1;
-        }
         let bucket = self.table.bucket_of(&intent.pres_uri, None);
-        let code = match self.decide(host, ev, intent) {
-            Ok(Some(req)) => self.send_req(host, req),
-            Ok(None) => 0,
-            Err(code) => code,
+        let mut tries = 0;
+        let code = loop {
+            let Ok(ticket) = self.preload_publication(host, intent) else {
+                return -1;
+            };
+            match self.decide(host, ev, intent, ticket) {
+                Ok(Some(req)) => break self.send_req(host, req),
+                Ok(None) => break 0,
+                Err(STALE) if tries < STALE_TRIES => tries += 1,
+                Err(STALE) => {
+                    lm_err!(
+                        "send_publish: {}'s records keep leaving memory while looked up; giving up",
+                        String::from_utf8_lossy(&intent.pres_uri)
+                    );
+                    break -1;
+                }
+                Err(code) => break code,
+            }
         };
         self.settle(host, Some(&[bucket]));
         code
@@ -213,9 +240,13 @@ impl Engine {
         host: &dyn Host,
         ev: Event,
         intent: &mut RecordData,
+        ticket: Option<u32>,
     ) -> Result<Option<Rec>, i32> {
         let now = host.now();
         let mut b = self.bucket(&intent.pres_uri);
+        if !Self::still_valid(&b, ticket) {
+            return Err(STALE);
+        }
         let if_match = (!intent.etag.is_empty()).then(|| intent.etag.clone());
         let rec = Self::find(&b, intent, if_match.as_deref());
         if if_match.is_some() && rec.is_none() {
@@ -1010,10 +1041,18 @@ mod tests {
         fail_send: Cell<bool>,
         /// db_mode 2: the database (shared by the nodes of a test).
         store: Option<std::rc::Rc<RefCell<crate::testing::MemStore>>>,
+        /// Run once at the next `now()`: what another process does there.
+        on_now: RefCell<Option<Box<dyn FnOnce()>>>,
+        /// Run once at the next database access, before it.
+        on_store: RefCell<Option<Box<dyn FnOnce()>>>,
     }
 
     impl Host for FakeHost {
         fn now(&self) -> u32 {
+            let hook = self.on_now.borrow_mut().take();
+            if let Some(f) = hook {
+                f();
+            }
             self.now.get()
         }
         fn send(
@@ -1059,6 +1098,10 @@ mod tests {
             FAKED
         }
         fn with_store(&self, f: &mut dyn FnMut(&mut dyn crate::persist::Store)) {
+            let hook = self.on_store.borrow_mut().take();
+            if let Some(g) = hook {
+                g();
+            }
             if let Some(s) = &self.store {
                 f(&mut *s.borrow_mut());
             }
@@ -2016,5 +2059,139 @@ mod tests {
         e.on_sub_reply(&h, q, Some(&sub_ok(Some("0"), 12, "")), MSG);
         assert!(db.borrow().rows.is_empty(), "{:?}", db.borrow().rows);
         assert!(stored(&e).is_empty());
+    }
+
+    /// Another worker of the same node: the engine's shm handles, its own
+    /// host (and database connection to the same database).
+    fn other_worker(e: &Engine, db: &Rc<RefCell<MemStore>>) -> (Engine, FakeHost) {
+        let h = FakeHost {
+            store: Some(db.clone()),
+            ..Default::default()
+        };
+        (e.clone(), h)
+    }
+
+    #[test]
+    fn db_only_lookup_survives_another_worker_evicting_the_record() {
+        // A publication at rest in the database; its row is brought in
+        // (or found in memory), and before the bucket is locked again
+        // another worker's settle lets it go (CI saw this as pua_rpc's
+        // "Wrong ETag" for a modify right after the previous 200).
+        let db = Rc::new(RefCell::new(MemStore::default()));
+        let (e, h) = db_node(&db);
+        e.send_publish(&h, intent(Some("<a/>"), 600, 0));
+        let (req, _, _) = pop_sent(&h);
+        e.on_reply(&h, req, Some(&ok("e1", 600)), MSG);
+        assert!(stored(&e).is_empty() && db.borrow().rows.len() == 1);
+        for with_etag in [true, false] {
+            let (w2, h2) = other_worker(&e, &db);
+            *h.on_now.borrow_mut() = Some(Box::new(move || w2.settle(&h2, None)));
+            let mut m = intent(Some("<b/>"), 600, 0);
+            let et = cell(&db, 0, "etag");
+            if with_etag {
+                let OwnedVal::Str(et) = et else {
+                    panic!("{et:?}")
+                };
+                m.etag = et;
+            }
+            assert_eq!(e.send_publish(&h, m), 0, "with etag: {with_etag}");
+            assert!(h.on_now.borrow().is_none(), "the other worker ran");
+            let (req, hdr, _) = pop_sent(&h);
+            let want = if with_etag { "e1" } else { "e2" };
+            assert!(
+                hdr.contains(&format!("SIP-If-Match: {want}\r\n")),
+                "a modify of the stored publication, not a new one: {hdr}"
+            );
+            e.on_reply(
+                &h,
+                req,
+                Some(&ok(if with_etag { "e2" } else { "e3" }, 600)),
+                MSG,
+            );
+            assert_eq!(db.borrow().rows.len(), 1, "{:?}", db.borrow().rows);
+        }
+        // The same for a subscription's dialog, step by step.
+        assert_eq!(
+            e.send_subscribe(&h, sub_intent(600, 0), SubsFlags::default(), false),
+            0
+        );
+        let (q, _, _, d) = pop_dialog(&h);
+        e.on_sub_reply(&h, q, Some(&sub_ok(Some("600"), 10, "")), MSG);
+        let mut key = sub_intent(600, 0);
+        key.flag = crate::flags::RLS_SUBSCRIBE;
+        let ticket = e.preload_subscription(&h, &key, false).unwrap();
+        assert_eq!(stored(&e).len(), 1, "brought in");
+        let (w2, h2) = other_worker(&e, &db);
+        w2.settle(&h2, None);
+        assert!(stored(&e).is_empty(), "let go by the other worker");
+        let w = key.watcher_uri.clone().unwrap();
+        let intent = sub_intent(600, 0);
+        let f = SubsFlags::default();
+        assert_eq!(
+            e.send_subscribe_in(&h, &intent, &key, f, false, &w, 0, ticket),
+            STALE,
+            "a new dialog would have been started"
+        );
+        assert!(h.dialogs.borrow().is_empty() && stored(&e).is_empty());
+        assert_eq!(e.send_subscribe(&h, intent, f, false), 0);
+        let (q, _, _, d2) = pop_dialog(&h);
+        assert_eq!((d2.call_id, d2.cseq), (d.call_id, 11), "in the dialog");
+        e.on_sub_reply(&h, q, Some(&sub_ok(Some("600"), 11, "")), MSG);
+    }
+
+    #[test]
+    fn db_only_row_writes_keep_the_order_of_the_changes() {
+        // Worker A writes the row of a 200 (etag e1); while its write is
+        // on its way, worker B modifies the publication and gets e2. The
+        // row must end with e2, and the record leave memory only then.
+        let db = Rc::new(RefCell::new(MemStore::default()));
+        let (e, h) = db_node(&db);
+        e.send_publish(&h, intent(Some("<a/>"), 600, 0));
+        let (req, _, _) = pop_sent(&h);
+        let (w2, h2) = other_worker(&e, &db);
+        *h.on_store.borrow_mut() = Some(Box::new(move || {
+            let mut m = intent(Some("<b/>"), 600, 0);
+            m.etag = b"e1".to_vec();
+            assert_eq!(w2.send_publish(&h2, m), 0);
+            let (req, hdr, _) = pop_sent(&h2);
+            assert!(hdr.contains("SIP-If-Match: e1\r\n"), "{hdr}");
+            w2.on_reply(&h2, req, Some(&ok("e2", 600)), MSG);
+            assert_eq!(
+                stored(&w2).len(),
+                1,
+                "B left the row to A, the chain's writer"
+            );
+        }));
+        e.on_reply(&h, req, Some(&ok("e1", 600)), MSG);
+        assert!(h.on_store.borrow().is_none(), "worker B ran");
+        assert_eq!(db.borrow().rows.len(), 1, "{:?}", db.borrow().rows);
+        assert_eq!(cell(&db, 0, "etag"), OwnedVal::Str(b"e2".to_vec()));
+        assert!(stored(&e).is_empty(), "written, then let go");
+
+        // A writes e3's row; meanwhile B removes the publication: the
+        // DELETE comes after A's UPDATE (which would otherwise find no row
+        // and INSERT it again).
+        let mut m = intent(Some("<c/>"), 600, 0);
+        m.etag = b"e2".to_vec();
+        assert_eq!(e.send_publish(&h, m), 0);
+        let (req, _, _) = pop_sent(&h);
+        let (w2, h2) = other_worker(&e, &db);
+        *h.on_store.borrow_mut() = Some(Box::new(move || {
+            let mut m = intent(None, 0, 0);
+            m.etag = b"e3".to_vec();
+            assert_eq!(w2.send_publish(&h2, m), 0);
+            let (req, hdr, _) = pop_sent(&h2);
+            assert!(hdr.contains("Expires: 0\r\n"), "{hdr}");
+            w2.on_reply(&h2, req, Some(&ok("e3", 0)), MSG);
+        }));
+        e.on_reply(&h, req, Some(&ok("e3", 600)), MSG);
+        assert!(h.on_store.borrow().is_none(), "worker B ran");
+        assert!(db.borrow().rows.is_empty(), "{:?}", db.borrow().rows);
+        assert!(stored(&e).is_empty());
+        // The chain is free again: a new publication is written at once.
+        e.send_publish(&h, intent(Some("<d/>"), 600, 0));
+        let (req, _, _) = pop_sent(&h);
+        e.on_reply(&h, req, Some(&ok("e4", 600)), MSG);
+        assert_eq!(cell(&db, 0, "etag"), OwnedVal::Str(b"e4".to_vec()));
     }
 }

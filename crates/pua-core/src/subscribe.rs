@@ -6,7 +6,7 @@
 //! A subscription record has `watcher_uri` set. It is *temporary* (no To
 //! tag) from the initial SUBSCRIBE until its 2xx, then *confirmed*.
 
-use crate::engine::{Engine, Host, Msg};
+use crate::engine::{Engine, Host, Msg, STALE, STALE_TRIES};
 use crate::events;
 use crate::flags::*;
 use crate::publish::{parse_delta_seconds, MAX_FORWARDS, MAX_RETRIES, MAX_RETRY_AFTER};
@@ -255,50 +255,66 @@ impl Engine {
         if rec_flag & XMPP_INITIAL_SUBS != 0 {
             rec_flag = (rec_flag & !XMPP_INITIAL_SUBS) | XMPP_SUBSCRIBE;
         }
-        {
-            let mut key = intent.clone();
-            key.flag = rec_flag;
-            if !f.insert
-                && self
-                    .preload_subscription(host, &key, check_remote_contact)
-                    .is_err()
-            {
-                return -1;
-            }
-        }
+        let mut key = intent.clone();
+        key.flag = rec_flag;
         let bucket = self.table.bucket_of(&intent.pres_uri, Some(&watcher));
-        let code = self.send_subscribe_in(
-            host,
-            intent,
-            f,
-            check_remote_contact,
-            rec_flag,
-            watcher,
-            now,
-        );
+        let mut tries = 0;
+        let code = loop {
+            let ticket = if f.insert {
+                None
+            } else {
+                match self.preload_subscription(host, &key, check_remote_contact) {
+                    Ok(t) => t,
+                    Err(()) => return -1,
+                }
+            };
+            match self.send_subscribe_in(
+                host,
+                &intent,
+                &key,
+                f,
+                check_remote_contact,
+                &watcher,
+                now,
+                ticket,
+            ) {
+                STALE if tries < STALE_TRIES => tries += 1,
+                STALE => {
+                    lm_err!(
+                        "send_subscribe: {}'s records keep leaving memory while looked up; giving up",
+                        String::from_utf8_lossy(&intent.pres_uri)
+                    );
+                    break -1;
+                }
+                code => break code,
+            }
+        };
         self.settle(host, Some(&[bucket]));
         code
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn send_subscribe_in(
+    pub(crate) fn send_subscribe_in(
         &self,
         host: &dyn Host,
-        intent: RecordData,
+        intent: &RecordData,
+        key: &RecordData,
         f: SubsFlags,
         check_remote_contact: bool,
-        rec_flag: i32,
-        watcher: Vec<u8>,
+        watcher: &[u8],
         now: u32,
+        ticket: Option<u32>,
     ) -> i32 {
+        let rec_flag = key.flag;
         let req = {
-            let mut b = self.sub_bucket(&intent.pres_uri, &watcher);
-            let mut key = intent.clone();
-            key.flag = rec_flag;
+            let mut b = self.sub_bucket(&intent.pres_uri, watcher);
+            if !Self::still_valid(&b, ticket) {
+                return STALE;
+            }
             let rec = if f.insert {
                 None
             } else {
-                b.find(|p| same_subscription(p, &key, check_remote_contact))
+                b.find(|p| same_subscription(p, key, check_remote_contact))
             };
             match rec {
                 None => {

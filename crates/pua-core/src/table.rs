@@ -20,13 +20,24 @@ use crate::sys::{str_, ua_pres_t};
 use std::os::raw::c_void;
 use std::ptr::{self, NonNull};
 
-/// A chain: its lock and its head, 16 bytes, four to a cache line, so
-/// taking the lock brings the head along (one cache miss, not two).
+/// A chain: its lock and its head (and db_mode 2's bookkeeping), 24
+/// bytes, so taking the lock brings the head along (one cache miss, not
+/// two).
 #[repr(C)]
 struct Chain {
     lock: FutexLock,
+    /// db_mode 2, under the lock: [`WRITER`] while a process writes this
+    /// chain's rows; below it, how many records have left memory for the
+    /// database ([`BucketRef::evict`]), wrapping.
+    meta: u32,
     head: *mut Node,
+    /// db_mode 2: records deleted whose rows are still to be deleted
+    /// ([`BucketRef::bury`]), linked by `next`, newest first.
+    tombs: *mut Node,
 }
+
+/// [`Chain::meta`]'s writer bit.
+const WRITER: u32 = 1 << 31;
 
 /// A handle to the table; plain pointers into shm, valid in every process.
 #[derive(Clone, Copy)]
@@ -43,7 +54,7 @@ pub struct Table {
 /// publications makes chains of 20 records, and every lookup that misses
 /// walks one, a cache miss per record. More chains keep them short.
 const CHAINS_PER_BUCKET: usize = 16;
-/// The most chains we add beyond 2^hash_size (16 bytes each in shm).
+/// The most chains we add beyond 2^hash_size (24 bytes each in shm).
 const MAX_CHAINS: usize = 1 << 16;
 
 // SAFETY: the handle is only pointers into shm; all access is under bucket locks.
@@ -777,6 +788,10 @@ impl Table {
         BucketRef {
             // SAFETY: as above; written only while the lock is held.
             head: unsafe { ptr::addr_of_mut!((*c).head) },
+            // SAFETY: as above.
+            meta: unsafe { ptr::addr_of_mut!((*c).meta) },
+            // SAFETY: as above.
+            tombs: unsafe { ptr::addr_of_mut!((*c).tombs) },
             _guard: guard,
         }
     }
@@ -809,6 +824,9 @@ impl Table {
                 free_chains(ext_of(r));
                 free_record(r);
             }
+            for r in b.take_tombs() {
+                free_record(r);
+            }
         }
         shm::free(self.chain);
     }
@@ -818,6 +836,10 @@ impl Table {
 pub struct BucketRef<'a> {
     /// The chain's head pointer (in shm), guarded by `_guard`.
     head: *mut *mut Node,
+    /// The chain's writer bit and eviction count (in shm), guarded by `_guard`.
+    meta: *mut u32,
+    /// The chain's tomb list (in shm), guarded by `_guard`.
+    tombs: *mut *mut Node,
     _guard: LockGuard<'a>,
 }
 
@@ -906,6 +928,90 @@ impl BucketRef<'_> {
             unsafe { free_record(r) };
         }
         found
+    }
+
+    /// db_mode 2: deletes a record that is not gone but only left memory
+    /// (its row holds it), and counts that in the chain. A process that
+    /// found the record here, or brought its row in, and locks the chain
+    /// again later compares [`BucketRef::evictions`] to learn whether what
+    /// it saw may have left meanwhile (then it reads the row again).
+    pub fn evict(&mut self, r: Rec) -> bool {
+        let found = self.delete(r);
+        if found {
+            // SAFETY: bucket locked.
+            unsafe {
+                let m = *self.meta;
+                *self.meta = (m & WRITER) | (m.wrapping_add(1) & !WRITER);
+            }
+        }
+        found
+    }
+
+    /// How many records have been evicted from this chain (wraps).
+    pub fn evictions(&self) -> u32 {
+        // SAFETY: bucket locked.
+        unsafe { *self.meta & !WRITER }
+    }
+
+    /// db_mode 2: whether a process is writing this chain's rows.
+    pub fn writer_busy(&self) -> bool {
+        // SAFETY: bucket locked.
+        unsafe { *self.meta & WRITER != 0 }
+    }
+
+    /// db_mode 2: takes (`true`) or gives back the right to write this
+    /// chain's rows. One writer per chain keeps the writes of a row in the
+    /// order of the changes and its DELETE after them.
+    pub fn set_writer(&mut self, on: bool) {
+        // SAFETY: bucket locked.
+        unsafe {
+            if on {
+                *self.meta |= WRITER;
+            } else {
+                *self.meta &= !WRITER;
+            }
+        }
+    }
+
+    /// db_mode 2: unlinks `r`, a deleted record whose row is still to be
+    /// deleted, and keeps its block on the chain's tomb list for the
+    /// chain's writer ([`BucketRef::take_tombs`]).
+    pub fn bury(&mut self, r: Rec) -> bool {
+        if !self.unlink(r) {
+            return false;
+        }
+        // SAFETY: bucket locked; `r` is unlinked and ours.
+        unsafe {
+            (*r.as_ptr()).next = *self.tombs;
+            *self.tombs = r.as_ptr();
+        }
+        true
+    }
+
+    /// db_mode 2: the chain's tomb blocks, oldest first (the caller frees
+    /// them, or buries them again).
+    pub fn take_tombs(&mut self) -> Vec<Rec> {
+        let mut v = Vec::new();
+        // SAFETY: bucket locked; the list is ours once detached.
+        unsafe {
+            let mut p = std::mem::replace(&mut *self.tombs, ptr::null_mut());
+            while let Some(r) = NonNull::new(p) {
+                p = (*p).next;
+                (*r.as_ptr()).next = ptr::null_mut();
+                v.push(Rec(r));
+            }
+        }
+        v.reverse();
+        v
+    }
+
+    /// Links an unlinked tomb block back (a DELETE that failed).
+    pub fn rebury(&mut self, r: Rec) {
+        // SAFETY: bucket locked; `r` is a valid unlinked block.
+        unsafe {
+            (*r.as_ptr()).next = *self.tombs;
+            *self.tombs = r.as_ptr();
+        }
     }
 
     /// Puts `new` in place of `old` (same position) and frees `old`.
