@@ -441,11 +441,35 @@ impl Engine {
     /// finds the bit taken leaves its changes to the writer, which looks
     /// again under the lock before it gives the bit back.
     fn settle_chain(&self, host: &dyn Host, i: usize) {
-        let mut b = self.table.lock(i);
-        if b.writer_busy() {
-            return;
+        {
+            let mut b = self.table.lock(i);
+            if b.writer_busy() {
+                return;
+            }
+            b.set_writer(true);
         }
-        b.set_writer(true);
+        // If a panic unwinds out of here (the entry point catches it): the
+        // bit goes back, and the chain's records are marked changed again,
+        // since the writes taken for this pass may not have happened (the
+        // next settle writes them all; a row written twice is harmless).
+        struct Release<'a>(&'a crate::table::Table, usize, bool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                if self.2 {
+                    let mut b = self.0.lock(self.1);
+                    let recs: Vec<Rec> = b.iter().collect();
+                    for r in recs {
+                        let n = b.get_mut(r);
+                        if n.db_flag == NO_UPDATEDB_FLAG && persist::persistent(n) {
+                            n.db_flag = UPDATEDB_FLAG;
+                        }
+                    }
+                    b.set_writer(false);
+                }
+            }
+        }
+        let mut release = Release(&self.table, i, true);
+        let mut b = self.table.lock(i);
         loop {
             let tombs = b.take_tombs();
             let mut dirty = Vec::new();
@@ -467,6 +491,7 @@ impl Engine {
             if tombs.is_empty() && dirty.is_empty() {
                 Self::evict_idle(&mut b);
                 b.set_writer(false);
+                release.2 = false;
                 return;
             }
             drop(b);
@@ -502,6 +527,7 @@ impl Engine {
                 }
                 Self::evict_idle(&mut b);
                 b.set_writer(false);
+                release.2 = false;
                 return;
             }
         }

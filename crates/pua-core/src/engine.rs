@@ -2194,4 +2194,22 @@ mod tests {
         e.on_reply(&h, req, Some(&ok("e4", 600)), MSG);
         assert_eq!(cell(&db, 0, "etag"), OwnedVal::Str(b"e4".to_vec()));
     }
+
+    #[test]
+    fn db_only_a_panicking_write_leaves_the_chain_writable() {
+        let db = Rc::new(RefCell::new(MemStore::default()));
+        let (e, h) = db_node(&db);
+        e.send_publish(&h, intent(Some("<a/>"), 600, 0));
+        let (req, _, _) = pop_sent(&h);
+        *h.on_store.borrow_mut() = Some(Box::new(|| panic!("a bug in a write")));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            e.on_reply(&h, req, Some(&ok("e1", 600)), MSG)
+        }));
+        assert!(r.is_err());
+        assert!(db.borrow().rows.is_empty());
+        // The next settle of the chain writes the row (the bit came back).
+        e.settle(&h, None);
+        assert_eq!(cell(&db, 0, "etag"), OwnedVal::Str(b"e1".to_vec()));
+        assert!(stored(&e).is_empty());
+    }
 }
