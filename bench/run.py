@@ -160,7 +160,7 @@ class Uas:
 
 
 def cpu_times(pgid):
-    """{pid: (utime, stime, runtime)} in seconds of every live process in the
+    """{pid: (utime, stime, runtime, minflt)} (seconds; minor page faults) of every live process in the
     process group (Kamailio is started in its own session: the main process
     and all its children). utime and stime come from /proc/<pid>/stat in
     10 ms ticks, each truncated; runtime is the scheduler's own sum
@@ -176,7 +176,7 @@ def cpu_times(pgid):
             continue
         rest = st[st.rfind(")") + 2:].split()
         u, s = int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK   # fields 14, 15
-        out[pid] = (u, s, sched_runtime(pid, u + s))
+        out[pid] = (u, s, sched_runtime(pid, u + s), int(rest[7]))   # field 10: minflt
     return out
 
 
@@ -194,8 +194,13 @@ def sched_runtime(pid, fallback):
 def cpu_split(t0, t1):
     """(user s, system s, total s) spent between two cpu_times() snapshots;
     total is the precise runtime sum, user and system are tick-sampled."""
-    d = [sum(v[i] - t0.get(p, (0, 0, 0))[i] for p, v in t1.items()) for i in range(3)]
+    d = [sum(v[i] - t0.get(p, (0, 0, 0, 0))[i] for p, v in t1.items()) for i in range(3)]
     return d[0], d[1], d[2]
+
+
+def minflt_split(t0, t1):
+    """Minor page faults of every process between two cpu_times() snapshots."""
+    return sum(v[3] - t0.get(p, (0, 0, 0, 0))[3] for p, v in t1.items())
 
 
 def shm_real_used(k):
@@ -398,6 +403,7 @@ def run_one(config, rate, rnd, a, ours_so, warm=False):
         u2 = uas.stats()
         ct1 = cpu_times(k.pid)
         res["cpu_user_s"], res["cpu_sys_s"], cpu_total = cpu_split(ct0, ct1)
+        res["minflt"] = minflt_split(ct0, ct1)
         t_end = time.monotonic()
 
         # shm with the publications held: once tm has freed the transactions.
@@ -453,6 +459,7 @@ def run_one(config, rate, rnd, a, ours_so, warm=False):
     })
     res["pub_rate"] = res["pub_in_window"] / send_s
     res["cpu_per_1k"] = 1000.0 * res["cpu_s"] / res["pub_total"] if res["pub_total"] else None
+    res["minflt_per_pub"] = res["minflt"] / res["pub_total"] if res["pub_total"] else None
     for k in ("user", "sys"):
         v = res.get("cpu_%s_s" % k)
         res["cpu_%s_per_1k" % k] = (1000.0 * v / res["pub_total"]
@@ -492,6 +499,7 @@ METRICS = [
     ("cpu_per_1k", "CPU s / 1k PUBLISH", "%.3f"),
     ("cpu_user_per_1k", "  of which user (utime)", "%.3f"),
     ("cpu_sys_per_1k", "  of which system (stime)", "%.3f"),
+    ("minflt_per_pub", "minor page faults / PUBLISH (all Kamailio processes)", "%.2f"),
     ("shm_per_pub", "shm B / publication (core.shmmem real_used)", "%.0f"),
     ("pua_shm_per_pub", "pua's shm B / publication (mod.mem_stats pua shm)", "%.0f"),
     ("errors_per_1k", "errors / 1k offered (REGISTER not 200 + REGISTER 200 without PUBLISH 200)", "%.2f"),
@@ -549,7 +557,8 @@ def table(results, rates):
             cells.append(ratio(meds["ours"], meds["c"]))
             for c in floors:
                 extra = ["-", "-", "-"]
-                if key in ("cpu_per_1k", "cpu_user_per_1k", "cpu_sys_per_1k", "shm_per_pub") \
+                if key in ("cpu_per_1k", "cpu_user_per_1k", "cpu_sys_per_1k", "shm_per_pub",
+                           "minflt_per_pub") \
                         and None not in (meds["ours"], meds["c"], meds[c]):
                     do = meds["ours"] - meds[c]
                     dc = meds["c"] - meds[c]
@@ -699,6 +708,7 @@ class ValgrindKamailio(kamtest.Kamailio):
 ENTRY = {
     "ours": ("pua::api::send_publish", "pua::publish::publ_cback"),
     "c": ("send_publish", "publ_cback_func"),
+    "nullpua": ("null_send_publish", "null_cback"),
 }
 TM_ENTRY = "request"     # tm's tmb.t_request (tm_load.c: tmb->t_request = request)
 
@@ -712,6 +722,7 @@ def parse_callgrind(path):
     cob = cfn = None
     pending_call = None
     total = 0
+    events, sums = [], []
     sub_re = re.compile(r"^\((\d+)\)(?: (.*))?$")
 
     def resolve(kind, v):
@@ -741,9 +752,14 @@ def parse_callgrind(path):
                 else:
                     selfc[cur_fn] = selfc.get(cur_fn, 0) + cost
                 continue
+            if line.startswith("events:"):
+                events = line.split(":", 1)[1].split()
+                continue
             if line.startswith(("summary:", "totals:")):
                 v = line.split(":", 1)[1].split()
                 total = max(total, int(v[0]) if v else 0)
+                if len(v) == len(events) and (not sums or int(v[0]) >= sums[0]):
+                    sums = [int(x) for x in v]
                 continue
             if "=" not in line:
                 continue
@@ -767,6 +783,8 @@ def parse_callgrind(path):
                 n = int(v.split()[0])
                 pending_call = ((cob if cob is not None else cur_ob, cfn), n)
                 cob = None
+    # every event's total (with --cache-sim: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw)
+    parse_callgrind.events = dict(zip(events, sums))
     return selfc, edges, total
 
 
@@ -794,9 +812,12 @@ def callgrind_totals(work, dumps_only=False):
     pat = re.compile(r"^callgrind\.out\.\d+\.\d+$" if dumps_only else r"^callgrind\.out\.\d+$")
     files = sorted(f for f in os.listdir(work) if pat.match(f))
     agg_self, agg_edges, total = {}, {}, 0
+    callgrind_totals.events = {}
     for fn in files:
         s, e, t = parse_callgrind(os.path.join(work, fn))
         total += t
+        for k, v in parse_callgrind.events.items():
+            callgrind_totals.events[k] = callgrind_totals.events.get(k, 0) + v
         for k, v in s.items():
             agg_self[k] = agg_self.get(k, 0) + v
         for k, v in e.items():
@@ -826,24 +847,36 @@ def callgrind_run(config, mode, a, ours_so):
         vargs = ["--collect-atstart=no"] + ["--toggle-collect=%s" % s for s in ENTRY[config]] \
             + ["--toggle-collect=%s" % TM_ENTRY]
     else:
-        vargs = []
+        vargs = ["--cache-sim=yes"] if a.cg_cache else []
     ValgrindKamailio.valgrind_args = vargs
     uas = Uas(work)
     k = make_kamailio(config, work, uas.port, ours_so, a.cg_children, a.shm, cls=ValgrindKamailio)
-    res = {"config": config, "mode": mode, "work": work, "window": "whole run"}
+    res = {"config": config, "mode": mode, "work": work, "window": "whole run",
+           "warm": bool(a.cg_warm)}
     try:
         k.start(timeout=180)
         time.sleep(2.0)
-        if mode == "full":
-            # count from here on: zero every process's counters (start-up out)
-            if callgrind_control(k, "--zero"):
-                res["window"] = "load"
-        u0 = uas.stats()
-        phones = LineProc([LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
-                           "--users", str(a.cg_users), "--rate", str(a.cg_rate),
-                           "--count", str(a.cg_count), "--drain", "30"],
-                          stderr_path=os.path.join(work, "phones.stderr"))
+        argv = [LOADGEN, "phones", "--target", "127.0.0.1:%d" % k.port,
+                "--users", str(a.cg_users), "--rate", str(a.cg_rate),
+                "--count", str(a.cg_count), "--drain", "30"]
+        if a.cg_warm:
+            # steady state: every user registered first, not counted
+            argv += ["--warmup", str(a.cg_users)]
+        phones = LineProc(argv, stdin=a.cg_warm, stderr_path=os.path.join(work, "phones.stderr"))
         try:
+            if a.cg_warm:
+                w = json.loads(phones.expect("WARMED", a.cg_users / a.cg_rate + 60))
+                res["warm_ok"] = w["ok"]
+                # tm's wait timer frees the warm-up's transactions 5 s on
+                time.sleep(6.0)
+            if mode == "full" or a.cg_warm:
+                # count from here on: zero every process's counters
+                # (start-up, and the warm-up pass, out)
+                if callgrind_control(k, "--zero"):
+                    res["window"] = "load"
+            u0 = uas.stats()
+            if a.cg_warm:
+                phones.send("go\n")
             phones.expect("START", 10)
             phones.expect("SENDING_DONE", a.cg_count / a.cg_rate + 30)
             result = json.loads(phones.expect("RESULT", 60))
@@ -858,7 +891,7 @@ def callgrind_run(config, mode, a, ours_so):
             time.sleep(0.5)
         u1 = uas.stats()
         time.sleep(2.0)
-        if mode == "full" and res["window"] == "load":
+        if res["window"] == "load":
             # tm's wait timer frees the last transactions 5 s after their reply
             time.sleep(5.0)
             if not callgrind_control(k, "--dump=load"):
@@ -876,6 +909,7 @@ def callgrind_run(config, mode, a, ours_so):
     files, aself, aedges, total = callgrind_totals(work, dumps_only=(res["window"] == "load"))
     res["files"] = len(files)
     res["total_ir"] = total
+    res["events"] = callgrind_totals.events
     # floor: no pua entry points (uac_req_send() calls tm's request())
     sp, publ = ENTRY.get(config, ("-", "-"))
     res["send_publish_incl"], res["send_publish_calls"] = inclusive(aself, aedges, sp)
@@ -893,17 +927,23 @@ def callgrind_main(a, ours_so):
         subprocess.run(["apt-get", "install", "-y", "valgrind"], check=True, timeout=600)
     runs = []
     for mode in a.cg_modes.split(","):
-        # the floor has no pua to toggle on: full run only
-        for config in ("ours", "c", "floor") if mode == "full" else ("ours", "c"):
+        # the floors have no pua of interest to toggle on: full run only
+        for config in ("ours", "c", "floor", "nullpua") if mode == "full" else ("ours", "c"):
             log("callgrind %s %s: %d REGISTERs over %d users at %d/s ..."
                 % (config, mode, a.cg_count, a.cg_users, a.cg_rate))
             r = callgrind_run(config, mode, a, ours_so)
             log("  %s" % json.dumps({k: v for k, v in r.items() if k != "top_errors"}))
             runs.append(r)
     by = {(r["config"], r["mode"]): r for r in runs}
-    lines = ["", "callgrind: %d REGISTERs (%d users: %d initial + %d refresh PUBLISH), %d/s, "
-             "Ir per PUBLISH answered" % (a.cg_count, a.cg_users, a.cg_users,
-                                          a.cg_count - a.cg_users, a.cg_rate), "",
+    if a.cg_warm:
+        head = ("callgrind, steady state: every one of %d users registered first (not "
+                "counted), then %d re-REGISTERs (0 initial + %d refresh PUBLISH), %d/s, "
+                "Ir per PUBLISH answered" % (a.cg_users, a.cg_count, a.cg_count, a.cg_rate))
+    else:
+        head = ("callgrind: %d REGISTERs (%d users: %d initial + %d refresh PUBLISH), %d/s, "
+                "Ir per PUBLISH answered" % (a.cg_count, a.cg_users, a.cg_users,
+                                             a.cg_count - a.cg_users, a.cg_rate))
+    lines = ["", head, "",
              "| Ir per PUBLISH | ours | C | ours/C |", "|---|---|---|---|"]
 
     def per(r, key):
@@ -925,13 +965,31 @@ def callgrind_main(a, ours_so):
         o, c = per(by[("ours", mode)], key), per(by[("c", mode)], key)
         lines.append("| %s | %s | %s | %s |" % (label, fmt("%.0f", o), fmt("%.0f", c), ratio(o, c)))
     # the CPU metric's "above the floor", counted in instructions
-    if all((c, "full") in by for c in ("ours", "c", "floor")):
-        fl = per(by[("floor", "full")], "total_ir")
-        o, c = per(by[("ours", "full")], "total_ir"), per(by[("c", "full")], "total_ir")
-        lines.append("| whole client Kamailio above the floor (full run; floor: %s per PUBLISH "
-                     "sent by uac_req_send(), no pua) | %s | %s | %s |"
-                     % (fmt("%.0f", fl), fmt("%.0f", o - fl), fmt("%.0f", c - fl),
-                        ratio(o - fl, c - fl)))
+    floors = (("floor", "the floor: %s per PUBLISH sent by uac_req_send(), no pua"),
+              ("nullpua", "nullpua: %s per PUBLISH, pua_usrloc's PUBLISH handed to tm as it came"))
+    for fc, what in floors:
+        if all((c, "full") in by for c in ("ours", "c", fc)):
+            fl = per(by[(fc, "full")], "total_ir")
+            o, c = per(by[("ours", "full")], "total_ir"), per(by[("c", "full")], "total_ir")
+            lines.append("| whole client Kamailio above %s (full run) | %s | %s | %s |"
+                         % (what % fmt("%.0f", fl), fmt("%.0f", o - fl), fmt("%.0f", c - fl),
+                            ratio(o - fl, c - fl)))
+    # --cg-cache: simulated cache misses (valgrind's model of this host's
+    # caches, each process on its own), whole client Kamailio
+    for label, evs in (("L1 data misses (D1mr + D1mw)", ("D1mr", "D1mw")),
+                       ("last-level misses (ILmr + DLmr + DLmw)", ("ILmr", "DLmr", "DLmw"))):
+        vals = {}
+        for c in ("ours", "c", "floor", "nullpua"):
+            r = by.get((c, "full"))
+            ev = r.get("events", {}) if r else {}
+            if r and r["publishes"] and all(e in ev for e in evs):
+                vals[c] = sum(ev[e] for e in evs) / r["publishes"]
+        if "ours" in vals and "c" in vals:
+            lines.append("| whole client Kamailio, %s per PUBLISH (full run, --cg-cache; "
+                         "floor %s, nullpua %s) | %s | %s | %s |"
+                         % (label, fmt("%.0f", vals.get("floor")), fmt("%.0f", vals.get("nullpua")),
+                            fmt("%.0f", vals["ours"]), fmt("%.0f", vals["c"]),
+                            ratio(vals["ours"], vals["c"])))
     # cross-check of the toggle numbers from the full run's call graph
     xo = []
     for config in ("ours", "c"):
@@ -1266,7 +1324,15 @@ def main():
     ap.add_argument("--cg-users", type=int, default=1000)
     ap.add_argument("--cg-rate", type=int, default=50)
     ap.add_argument("--cg-children", type=int, default=2, help="UDP workers under valgrind")
-    ap.add_argument("--cg-modes", default="toggle,full", help=argparse.SUPPRESS)
+    ap.add_argument("--cg-cache", action="store_true",
+                    help="full runs with valgrind's cache simulation: L1 and last-level "
+                    "misses per PUBLISH")
+    ap.add_argument("--cg-warm", action="store_true",
+                    help="callgrind in the steady state: register every user first, "
+                    "count only the re-REGISTERs that follow")
+    ap.add_argument("--cg-modes", default="toggle,full",
+                    help="callgrind runs: toggle (inside pua), full (whole Kamailio, "
+                    "also the floors)")
     ap.add_argument("--perf", action="store_true",
                     help="CPU time inside pua's entry points, sampled with perf (see README)")
     ap.add_argument("--perf-rate", type=int, default=1000)
@@ -1312,7 +1378,7 @@ def main():
     if os.path.abspath(a.pua) != ours_so:
         shutil.copy2(a.pua, ours_so)     # a rebuild during the run must not change it
     build_loadgen()
-    if "nullpua" in configs and not a.callgrind:
+    if "nullpua" in configs or a.callgrind:
         build_nullpua()
     cmd = "python3 bench/run.py " + " ".join(sys.argv[1:])
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
