@@ -157,7 +157,26 @@ fn same_publication_as(p: &Node, q: &Node) -> bool {
 /// again (never returned to a consumer).
 pub(crate) const STALE: i32 = i32::MIN;
 /// How often a lookup is repeated for [`STALE`] before it gives up.
-pub(crate) const STALE_TRIES: u32 = 8;
+const STALE_TRIES: u32 = 8;
+
+/// Runs `attempt` (a db_mode 2 preload, then the lookup under the chain's
+/// lock) again while it answers [`STALE`], a bounded number of times;
+/// `None` when it gave up (see [`gave_up`]).
+pub(crate) fn until_fresh(mut attempt: impl FnMut() -> i32) -> Option<i32> {
+    (0..=STALE_TRIES)
+        .map(|_| attempt())
+        .find(|&code| code != STALE)
+}
+
+/// What [`until_fresh`]'s caller answers when it gave up.
+pub(crate) fn gave_up(what: &str, uri: &[u8]) -> i32 {
+    lm_err!(
+        "{}: {}'s records keep leaving memory while looked up; giving up",
+        what,
+        String::from_utf8_lossy(uri)
+    );
+    -1
+}
 
 impl Engine {
     /// Deletes a record from its (locked) bucket; with persistence on, its
@@ -211,25 +230,17 @@ impl Engine {
             return -1;
         }
         let bucket = self.table.bucket_of(&intent.pres_uri, None);
-        let mut tries = 0;
-        let code = loop {
+        let code = until_fresh(|| {
             let Ok(ticket) = self.preload_publication(host, intent) else {
                 return -1;
             };
             match self.decide(host, ev, intent, ticket) {
-                Ok(Some(req)) => break self.send_req(host, req),
-                Ok(None) => break 0,
-                Err(STALE) if tries < STALE_TRIES => tries += 1,
-                Err(STALE) => {
-                    lm_err!(
-                        "send_publish: {}'s records keep leaving memory while looked up; giving up",
-                        String::from_utf8_lossy(&intent.pres_uri)
-                    );
-                    break -1;
-                }
-                Err(code) => break code,
+                Ok(Some(req)) => self.send_req(host, req),
+                Ok(None) => 0,
+                Err(code) => code,
             }
-        };
+        })
+        .unwrap_or_else(|| gave_up("send_publish", &intent.pres_uri));
         self.settle(host, Some(&[bucket]));
         code
     }

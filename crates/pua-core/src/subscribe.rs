@@ -6,7 +6,7 @@
 //! A subscription record has `watcher_uri` set. It is *temporary* (no To
 //! tag) from the initial SUBSCRIBE until its 2xx, then *confirmed*.
 
-use crate::engine::{Engine, Host, Msg, STALE, STALE_TRIES};
+use crate::engine::{until_fresh, Engine, Host, Msg, STALE};
 use crate::events;
 use crate::flags::*;
 use crate::publish::{parse_delta_seconds, MAX_FORWARDS, MAX_RETRIES, MAX_RETRY_AFTER};
@@ -258,8 +258,7 @@ impl Engine {
         let mut key = intent.clone();
         key.flag = rec_flag;
         let bucket = self.table.bucket_of(&intent.pres_uri, Some(&watcher));
-        let mut tries = 0;
-        let code = loop {
+        let code = until_fresh(|| {
             let ticket = if f.insert {
                 None
             } else {
@@ -268,7 +267,7 @@ impl Engine {
                     Err(()) => return -1,
                 }
             };
-            match self.send_subscribe_in(
+            self.send_subscribe_in(
                 host,
                 &intent,
                 &key,
@@ -277,18 +276,9 @@ impl Engine {
                 &watcher,
                 now,
                 ticket,
-            ) {
-                STALE if tries < STALE_TRIES => tries += 1,
-                STALE => {
-                    lm_err!(
-                        "send_subscribe: {}'s records keep leaving memory while looked up; giving up",
-                        String::from_utf8_lossy(&intent.pres_uri)
-                    );
-                    break -1;
-                }
-                code => break code,
-            }
-        };
+            )
+        })
+        .unwrap_or_else(|| crate::engine::gave_up("send_subscribe", &intent.pres_uri));
         self.settle(host, Some(&[bucket]));
         code
     }

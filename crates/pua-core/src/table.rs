@@ -980,11 +980,7 @@ impl BucketRef<'_> {
         if !self.unlink(r) {
             return false;
         }
-        // SAFETY: bucket locked; `r` is unlinked and ours.
-        unsafe {
-            (*r.as_ptr()).next = *self.tombs;
-            *self.tombs = r.as_ptr();
-        }
+        self.rebury(r);
         true
     }
 
@@ -1005,7 +1001,8 @@ impl BucketRef<'_> {
         v
     }
 
-    /// Links an unlinked tomb block back (a DELETE that failed).
+    /// Links an unlinked block onto the tomb list (also a tomb whose
+    /// DELETE failed, taken off by [`BucketRef::take_tombs`]).
     pub fn rebury(&mut self, r: Rec) {
         // SAFETY: bucket locked; `r` is a valid unlinked block.
         unsafe {
