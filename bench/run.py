@@ -862,26 +862,35 @@ def callgrind_run(config, mode, a, ours_so):
         if a.cg_warm:
             # steady state: every user registered first, not counted
             argv += ["--warmup", str(a.cg_users)]
-        phones = LineProc(argv, stdin=a.cg_warm, stderr_path=os.path.join(work, "phones.stderr"))
+        phones = None
+
+        def zero():
+            # count from here on: zero every process's counters (start-up,
+            # and the warm-up pass, out)
+            if (mode == "full" or a.cg_warm) and callgrind_control(k, "--zero"):
+                res["window"] = "load"
         try:
             if a.cg_warm:
+                phones = LineProc(argv, stdin=True,
+                                  stderr_path=os.path.join(work, "phones.stderr"))
                 w = json.loads(phones.expect("WARMED", a.cg_users / a.cg_rate + 60))
                 res["warm_ok"] = w["ok"]
                 # tm's wait timer frees the warm-up's transactions 5 s on
                 time.sleep(6.0)
-            if mode == "full" or a.cg_warm:
-                # count from here on: zero every process's counters
-                # (start-up, and the warm-up pass, out)
-                if callgrind_control(k, "--zero"):
-                    res["window"] = "load"
-            u0 = uas.stats()
-            if a.cg_warm:
+                zero()
+                u0 = uas.stats()
                 phones.send("go\n")
+            else:
+                # the phones send as soon as they start: zero before
+                zero()
+                u0 = uas.stats()
+                phones = LineProc(argv, stderr_path=os.path.join(work, "phones.stderr"))
             phones.expect("START", 10)
             phones.expect("SENDING_DONE", a.cg_count / a.cg_rate + 30)
             result = json.loads(phones.expect("RESULT", 60))
         finally:
-            phones.stop()
+            if phones is not None:
+                phones.stop()
         # let the last replies in, nothing else happens afterwards
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
