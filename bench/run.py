@@ -715,7 +715,8 @@ TM_ENTRY = "request"     # tm's tmb.t_request (tm_load.c: tmb->t_request = reque
 
 def parse_callgrind(path):
     """Per function (object, name): self Ir; per call edge (caller fn ->
-    callee fn): calls and inclusive Ir.  Returns (self, edges, totals)."""
+    callee fn): calls and inclusive Ir.  Returns (self, edges, total Ir,
+    {event: total} for every event the file counts)."""
     names = {"fn": {}, "ob": {}, "fl": {}}
     selfc, edges = {}, {}
     cur_ob = cur_fn = None
@@ -784,8 +785,7 @@ def parse_callgrind(path):
                 pending_call = ((cob if cob is not None else cur_ob, cfn), n)
                 cob = None
     # every event's total (with --cache-sim: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw)
-    parse_callgrind.events = dict(zip(events, sums))
-    return selfc, edges, total
+    return selfc, edges, total, dict(zip(events, sums))
 
 
 def callgrind_control(k, action):
@@ -808,23 +808,23 @@ def callgrind_control(k, action):
 
 def callgrind_totals(work, dumps_only=False):
     """Parse and add up every process's callgrind file (dumps_only: only the
-    dumps requested by callgrind_control, callgrind.out.<pid>.<n>)."""
+    dumps requested by callgrind_control, callgrind.out.<pid>.<n>): (files,
+    self Ir, call edges, total Ir, {event: total})."""
     pat = re.compile(r"^callgrind\.out\.\d+\.\d+$" if dumps_only else r"^callgrind\.out\.\d+$")
     files = sorted(f for f in os.listdir(work) if pat.match(f))
-    agg_self, agg_edges, total = {}, {}, 0
-    callgrind_totals.events = {}
+    agg_self, agg_edges, total, events = {}, {}, 0, {}
     for fn in files:
-        s, e, t = parse_callgrind(os.path.join(work, fn))
+        s, e, t, ev = parse_callgrind(os.path.join(work, fn))
         total += t
-        for k, v in parse_callgrind.events.items():
-            callgrind_totals.events[k] = callgrind_totals.events.get(k, 0) + v
+        for k, v in ev.items():
+            events[k] = events.get(k, 0) + v
         for k, v in s.items():
             agg_self[k] = agg_self.get(k, 0) + v
         for k, v in e.items():
             a = agg_edges.setdefault(k, [0, 0])
             a[0] += v[0]
             a[1] += v[1]
-    return files, agg_self, agg_edges, total
+    return files, agg_self, agg_edges, total, events
 
 
 def inclusive(agg_self, agg_edges, name):
@@ -915,10 +915,11 @@ def callgrind_run(config, mode, a, ours_so):
     res["initial"] = u1["initial"] - u0["initial"]
     res["refresh"] = u1["refresh"] - u0["refresh"]
     res["retrans"] = u1["retransmissions"] - u0["retransmissions"]
-    files, aself, aedges, total = callgrind_totals(work, dumps_only=(res["window"] == "load"))
+    files, aself, aedges, total, events = callgrind_totals(work,
+                                                         dumps_only=(res["window"] == "load"))
     res["files"] = len(files)
     res["total_ir"] = total
-    res["events"] = callgrind_totals.events
+    res["events"] = events
     # floor: no pua entry points (uac_req_send() calls tm's request())
     sp, publ = ENTRY.get(config, ("-", "-"))
     res["send_publish_incl"], res["send_publish_calls"] = inclusive(aself, aedges, sp)
