@@ -2,8 +2,10 @@
 """pua-rs benchmark: our pua.so against Debian's C pua.so, same load, one run.
 
 Usage:
-  python3 bench/run.py                        # default: 5 rounds x rates 1000,3000 x
-                                              #   (ours, c, floor), 12 s of load each
+  python3 bench/run.py                        # default: 5 rounds x rates 1000,3000,1000w x
+                                              #   (ours, c, floor, nullpua), 12 s of load each
+  python3 bench/run.py --together --rounds 20 --rates 1000w
+                                              # a round's configurations at the same time
   python3 bench/run.py --rounds 5 --rates 1000,3000 --duration 12 --users 10000
   python3 bench/run.py --quick                # 1 round, 5 s, rate 1000 (smoke test)
   python3 bench/run.py --callgrind            # instructions per PUBLISH inside pua
@@ -17,6 +19,7 @@ in its own session and stopped by PID (process group); every wait is bounded.
 """
 
 import argparse
+import contextlib
 import datetime
 import glob
 import hashlib
@@ -30,6 +33,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 sys.dont_write_bytecode = True
@@ -352,28 +356,41 @@ def warm_phones(k, rate, a, work):
     return phones, w["ok"]
 
 
-def run_one(config, rate, rnd, a, ours_so, warm=False):
+def run_one(config, rate, rnd, a, ours_so, warm=False, sync=None):
     """One measured run. `warm`: before the measured window the phones
     register every user once (at min(rate, --warm-rate)) and the window
     starts when those are answered, so the window's REGISTERs are all
     re-REGISTERs of registered users (usrloc UPDATE: pua_usrloc's refresh
     PUBLISH, no body): the steady state of a re-REGISTER loop. Without it
     the window starts on an empty location table and most of its PUBLISHes
-    are initial ones (a first-registration burst)."""
+    are initial ones (a first-registration burst).
+
+    `sync` (--together: every configuration of the round runs at once, one
+    thread each): a Together whose barriers line up the measured windows."""
     work = os.path.join(WORK, "r%d-%s-%s" % (rnd, config, rlabel((rate, warm))))
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     res = {"config": config, "rate": rate, "warm": warm, "round": rnd, "work": work,
-           "users": a.users}
-    res["foreign_procs"], res["loadavg"] = wait_quiet(a.quiet_wait)
-    if res["foreign_procs"]:
-        log("  note: %d other kamailio/compiler processes running during this run"
-            % res["foreign_procs"])
-    uas = Uas(work)
-    k = make_kamailio(config, work, uas.port, ours_so, a.children, a.shm)
+           "users": a.users, "together": bool(sync)}
+    if sync:
+        res["foreign_procs"], res["loadavg"] = sync.foreign
+    else:
+        res["foreign_procs"], res["loadavg"] = wait_quiet(a.quiet_wait)
+        if res["foreign_procs"]:
+            log("  note: %d other kamailio/compiler processes running during this run"
+                % res["foreign_procs"])
     phones = None
+    with sync.start_lock if sync else contextlib.nullcontext():
+        # One at a time: the next one's free ports are picked once this one
+        # has bound its own.
+        uas = Uas(work)
+        k = make_kamailio(config, work, uas.port, ours_so, a.children, a.shm)
+        try:
+            k.start()
+        except BaseException:
+            uas.stop()
+            raise
     try:
-        k.start()
         if config != "floor":
             k.check_pua_loaded()
         time.sleep(1.0)
@@ -383,10 +400,14 @@ def run_one(config, rate, rnd, a, ours_so, warm=False):
         if warm:
             phones, res["warm_ok"] = warm_phones(k, rate, a, work)
             time.sleep(0.5)      # the last warm-up PUBLISHes' replies
+            if sync:
+                sync.wait()      # every configuration warmed up: windows start together
             u0 = uas.stats()
             ct0 = cpu_times(k.pid)
             phones.send("go\n")
         else:
+            if sync:
+                sync.wait()
             u0 = uas.stats()
             ct0 = cpu_times(k.pid)
             phones = LineProc(phones_argv(k, rate, a),
@@ -404,6 +425,8 @@ def run_one(config, rate, rnd, a, ours_so, warm=False):
         ct1 = cpu_times(k.pid)
         res["cpu_user_s"], res["cpu_sys_s"], cpu_total = cpu_split(ct0, ct1)
         res["minflt"] = minflt_split(ct0, ct1)
+        if sync:
+            sync.wait()          # no Kamailio stops while another still measures
         t_end = time.monotonic()
 
         # shm with the publications held: once tm has freed the transactions.
@@ -428,6 +451,10 @@ def run_one(config, rate, rnd, a, ours_so, warm=False):
         alive = k.alive() and sorted(kamtest.pgroup_members(k.pid)) == workers
         res["alive"] = bool(alive)
         text = k.log_text()
+    except BaseException:
+        if sync:
+            sync.abort()         # the other threads stop waiting for this one
+        raise
     finally:
         if phones:
             phones.stop()
@@ -477,6 +504,54 @@ def run_one(config, rate, rnd, a, ours_so, warm=False):
     res["log_errors_per_1k"] = 1000.0 * res["log_errors"] / res["offered"] if res["offered"] else None
     res["send_publish_failed"] = sum(1 for l in errs if "failed sending publish" in l)
     return res
+
+
+class Together:
+    """--together: the barriers and the start lock shared by the threads of
+    one round's configurations (see run_one)."""
+
+    def __init__(self, n, foreign, timeout):
+        self.barrier = threading.Barrier(n, timeout=timeout)
+        self.start_lock = threading.Lock()
+        self.foreign = foreign
+
+    def wait(self):
+        self.barrier.wait()
+
+    def abort(self):
+        self.barrier.abort()
+
+
+def run_together(configs, rate, rnd, a, ours_so, warm):
+    """Runs every configuration at once, each with its own Kamailio, UAS
+    and phones, their measured windows started together: what the machine
+    does during the window (other tenants, frequency, cache) it does to all
+    of them, so a round's differences are not the scatter between windows
+    half a minute apart. Returns the results in `configs` order."""
+    foreign = wait_quiet(a.quiet_wait)
+    if foreign[0]:
+        log("  note: %d other kamailio/compiler processes running during this round" % foreign[0])
+    warm_s = a.users / min(rate, a.warm_rate) if warm else 0.0
+    sync = Together(len(configs), foreign,
+                    timeout=30 + 8 * len(configs) + warm_s + a.duration + a.drain)
+    out, errors = {}, []
+
+    def one(config):
+        try:
+            out[config] = run_one(config, rate, rnd, a, ours_so, warm, sync)
+        except BaseException as e:        # reported by the main thread
+            errors.append((config, e))
+            sync.abort()
+
+    threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        config, e = errors[0]
+        raise RuntimeError("together run, %s: %s" % (config, e)) from e
+    return [out[c] for c in configs]
 
 
 # --------------------------------------------------------------------------
@@ -1329,6 +1404,10 @@ def main():
     ap.add_argument("--shm", type=int, default=96, help="Kamailio -m (MB)")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--quick", action="store_true", help="1 round, 5 s, rate 1000")
+    ap.add_argument("--together", action="store_true",
+                    help="run a round's configurations at the same time (each its own "
+                    "Kamailio, UAS and phones, windows started together) instead of one "
+                    "after the other")
     ap.add_argument("--callgrind", action="store_true")
     ap.add_argument("--cg-count", type=int, default=2000)
     ap.add_argument("--cg-users", type=int, default=1000)
@@ -1417,8 +1496,10 @@ def main():
         for rate, warm in rates:
             # rotate the order per round so drift does not favour one config
             order = configs[(rnd - 1) % len(configs):] + configs[:(rnd - 1) % len(configs)]
-            for config in order:
-                r = run_one(config, rate, rnd, a, ours_so, warm)
+            batch = (run_together(order, rate, rnd, a, ours_so, warm) if a.together
+                     else (run_one(config, rate, rnd, a, ours_so, warm) for config in order))
+            for r in batch:
+                config = r["config"]
                 results.append(r)
                 log("round %d rate %s %-5s: %5.0f PUBLISH/s, CPU %.3f s/1k, shm %s B/pub, "
                     "errors %.2f/1k (REG t/o %d, non200 %d, lost PUBLISH %d; ERR lines %d), "
@@ -1443,7 +1524,7 @@ def main():
         f.write(text + "\n\n" + detail_lines(results) + "\n")
     log(text)
     if a.update_readme:
-        update_readme("results", text)
+        update_readme("together" if a.together else "results", text)
 
 
 if __name__ == "__main__":
