@@ -248,7 +248,11 @@ def summarize_errors(lines, n=6):
 # one measured run
 
 
-CONFIGS = ("ours", "c", "floor", "nullpua")
+CONFIGS = ("ours", "c", "floor", "nullpua", "base")
+# `base`: another build of ours (--base PATH), for an A/B of two builds in
+# one run (with --together, at the same time).
+DEFAULT_CONFIGS = "ours,c,floor,nullpua"
+BASE_SO = os.path.join(WORK, "pua-base.so")
 NULLPUA_SRC = os.path.join(HERE, "nullpua", "nullpua.c")
 NULLPUA_SO = os.path.join(WORK, "nullpua.so")
 
@@ -281,7 +285,7 @@ def build_nullpua():
 def make_kamailio(config, work, uas_port, ours_so, children, shm_mb, cls=kamtest.Kamailio):
     cfg = os.path.join(CFG_DIR, "client-floor.cfg" if config == "floor" else "client-pua.cfg")
     # floor loads no pua: the mods dir then holds an unused copy of the C one.
-    so = {"ours": ours_so, "nullpua": NULLPUA_SO}.get(config, kamtest.C_PUA)
+    so = {"ours": ours_so, "nullpua": NULLPUA_SO, "base": BASE_SO}.get(config, kamtest.C_PUA)
     return cls(cfg, work, so, name="client",
                subst={"@UAS_PORT@": str(uas_port), "@CHILDREN@": str(children)},
                shm_mb=shm_mb, pkg_mb=16)
@@ -615,10 +619,12 @@ def table(results, rates):
                       " from an empty location table (first registrations: mostly initial PUBLISHes)",
                       n))
         out.append("")
+        base = ["base"] if rows["base"] else []
         cols = ["ours", "C"] + [FLOOR_HEAD[c] for c in floors] + ["ours/C"]
         for c in floors:
             x = FLOOR_SHORT[c]
             cols += ["ours-%s" % x, "C-%s" % x, "(ours-%s)/(C-%s)" % (x, x)]
+        cols += ["base (the --base build)", "ours/base"] if base else []
         out.append("| metric | " + " | ".join(cols) + " |")
         out.append("|---" * (len(cols) + 1) + "|")
         for key, head, f in METRICS:
@@ -639,9 +645,19 @@ def table(results, rates):
                     dc = meds["c"] - meds[c]
                     extra = [f % do, f % dc, ratio(do, dc)]
                 cells += extra
+            for c in base:
+                m = med(rows[c], key)
+                lo, hi = rng(rows[c], key)
+                cells.append("%s [%s-%s]" % (fmt(f, m), fmt(f, lo), fmt(f, hi)) if m is not None else "-")
+                cells.append(ratio(meds["ours"], m))
             out.append("| %s | %s |" % (head, " | ".join(cells)))
         for c in floors:
             line = paired_cpu(rows, c)
+            if line:
+                out.append("")
+                out.append(line)
+        if base:
+            line = paired_ab(rows)
             if line:
                 out.append("")
                 out.append(line)
@@ -682,6 +698,22 @@ def paired_cpu(rows, floor, draws=2000):
     return ("CPU s / 1k PUBLISH above %s, paired by round (%d rounds): ours %s, C %s, "
             "ratio %s, 90 %% bootstrap interval of the ratio %s"
             % (FLOOR_SHORT[floor], len(rounds), "%.3f" % mo, "%.3f" % mc, ratio(mo, mc), interval))
+
+
+def paired_ab(rows, draws=2000):
+    """ours - base (two builds of ours) paired by round: the median CPU
+    difference per 1k PUBLISH and its 90 % bootstrap interval."""
+    by = {c: {r["round"]: r["cpu_per_1k"] for r in rows[c] if r.get("cpu_per_1k") is not None}
+          for c in ("ours", "base")}
+    rounds = sorted(set(by["ours"]) & set(by["base"]))
+    if len(rounds) < 2:
+        return None
+    d = [by["ours"][k] - by["base"][k] for k in rounds]
+    rnd = random.Random(3903)
+    meds = sorted(statistics.median(d[rnd.randrange(len(d))] for _ in d) for _ in range(draws))
+    return ("CPU s / 1k PUBLISH, ours - base paired by round (%d rounds): %.4f, 90 %% bootstrap "
+            "interval %.4f to %.4f (negative: ours is cheaper)"
+            % (len(rounds), statistics.median(d), meds[int(0.05 * draws)], meds[int(0.95 * draws) - 1]))
 
 
 def notes(results, rates):
@@ -1402,7 +1434,11 @@ def main():
     ap.add_argument("--users", type=int, default=10000)
     ap.add_argument("--children", type=int, default=4, help="Kamailio UDP workers")
     ap.add_argument("--shm", type=int, default=96, help="Kamailio -m (MB)")
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS,
+                    help="of ours, c, floor, nullpua, base (base: the --base build)")
+    ap.add_argument("--base", metavar="PATH",
+                    help="another build of ours, run as configuration `base` (add it to "
+                    "--configs): ours - base paired by round is the A/B of the two builds")
     ap.add_argument("--quick", action="store_true", help="1 round, 5 s, rate 1000")
     ap.add_argument("--together", action="store_true",
                     help="run a round's configurations at the same time (each its own "
@@ -1466,6 +1502,10 @@ def main():
     ours_so = os.path.join(WORK, "pua-ours.so")
     if os.path.abspath(a.pua) != ours_so:
         shutil.copy2(a.pua, ours_so)     # a rebuild during the run must not change it
+    if "base" in configs:
+        if not a.base or not os.path.isfile(a.base):
+            sys.exit("bench: configuration base needs --base PATH (another build's pua.so)")
+        shutil.copy2(a.base, BASE_SO)
     build_loadgen()
     if "nullpua" in configs or a.callgrind:
         build_nullpua()

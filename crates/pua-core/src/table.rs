@@ -243,13 +243,12 @@ impl Node {
     /// is the same (an etag from the same server usually is), the tail
     /// rewritten when the value is shorter or the room a shorter value left
     /// holds the difference; `false` otherwise (the caller builds a new
-    /// block). Never `pres_uri`, which is hashed into `uri_hash`. (New
-    /// blocks get only the allocator's slack as room, 0-31 bytes with pua's
-    /// 32-byte size classes, often enough for a new record's first etag:
-    /// 32 spare bytes on top saved more replies a new block, but cost 238
-    /// bytes of Kamailio's shm per publication in the benchmark, not the
-    /// 32 expected, with one shm_malloc per record; with pua's pages, 24
-    /// spare bytes made no measurable CPU difference (bench/README).)
+    /// block). Never `pres_uri`, which is hashed into `uri_hash`. (A block
+    /// has the allocator's slack as room, 0-31 bytes with pua's 32-byte
+    /// size classes, plus what its maker asked for: a new publication asks
+    /// for the length of the last etag seen, `Shared::etag_hint`, so its
+    /// first etag fits without a new block and without bytes the record
+    /// would not hold anyway.)
     pub fn set_in_place(&mut self, f: F, v: &[u8]) -> bool {
         if matches!(f, F::PresUri) {
             return false;
@@ -351,7 +350,7 @@ impl Node {
         let mut head = unsafe { ptr::read(self) };
         head.next = ptr::null_mut();
         head.uri_hash = crate::hash::uri_hash(vals[F::PresUri as usize].unwrap_or(&[]));
-        write_block(head, &vals)
+        write_block(head, &vals, 0)
     }
 
     /// Whether this record's pres_uri is `uri`, whose
@@ -571,6 +570,13 @@ impl RecordData {
 
     /// Builds the record as one shm block; `None` when shm is exhausted.
     pub fn to_shm(&self) -> Option<Rec> {
+        self.to_shm_with_room(0)
+    }
+
+    /// [`RecordData::to_shm`] with at least `room` spare bytes after the
+    /// strings, so a field can grow by that much in place
+    /// ([`Node::set_in_place`]).
+    pub fn to_shm_with_room(&self, room: usize) -> Option<Rec> {
         let empty: &[u8] = &[];
         let fields: [(Option<&[u8]>, bool); NFIELDS] = [
             (Some(&self.id), false),
@@ -614,7 +620,7 @@ impl RecordData {
                 Some(v.unwrap_or(empty))
             };
         }
-        write_block(head, &vals)
+        write_block(head, &vals, room)
     }
 
     /// The bucket key of this record.
@@ -719,16 +725,17 @@ unsafe fn write_tail(tail: *mut u8, lens_len: usize, vals: &[Option<&[u8]>; NFIE
 /// Allocates a block holding `head` (its `present` and `lens_len` are
 /// computed here, `next` must be null) and the strings `vals` (`None`:
 /// absent, for the optional fields; empty otherwise).
-fn write_block(mut head: Node, vals: &[Option<&[u8]>; NFIELDS]) -> Option<Rec> {
+fn write_block(mut head: Node, vals: &[Option<&[u8]>; NFIELDS], room: usize) -> Option<Rec> {
     let (lens_len, data_len, present) = layout(vals);
     head.present = present;
     head.lens_len = u8::try_from(lens_len).ok()?;
     let hsize = std::mem::size_of::<Node>();
     let size = hsize + lens_len + data_len;
-    head.room = u8::try_from(shm::usable(size) - size).unwrap_or(u8::MAX);
+    let asked = size + room.min(u8::MAX as usize);
+    head.room = u8::try_from(shm::usable(asked) - size).unwrap_or(u8::MAX);
     // Not zeroed: the struct and the tail are written in full below (the
     // room after them is never read).
-    let base = shm::alloc_uninit(size)?;
+    let base = shm::alloc_uninit(asked)?;
     let n = base as *mut Node;
     // SAFETY: `base` has room for the struct, the varints and the bytes.
     unsafe {
