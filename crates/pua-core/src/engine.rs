@@ -319,7 +319,11 @@ impl Engine {
                 d.ext.gen = 1;
                 d.ext.sent_at = now;
                 let (ua_flag, cb_param) = (d.ua_flag, d.cb_param);
-                let room = self.shared.etag_hint.load(Ordering::Relaxed).min(MAX_ETAG_HINT);
+                let room = self
+                    .shared
+                    .etag_hint
+                    .load(Ordering::Relaxed)
+                    .min(MAX_ETAG_HINT);
                 let Some(r) = record_block(d, room as usize) else {
                     return Err(out_of_shm(&d.pres_uri));
                 };

@@ -324,6 +324,22 @@ mod tests {
         (base, s)
     }
 
+    /// POPULATE_WRITE maps the pages; it must not change a byte of them or
+    /// of the neighbours sharing their first and last memory page.
+    #[test]
+    fn populate_keeps_the_bytes() {
+        let arena = SharedArena::new(1 << 20);
+        let p = arena.alloc_raw(3 * PAGE);
+        // SAFETY: 3 pages of the arena, ours.
+        let all = unsafe { std::slice::from_raw_parts_mut(p, 3 * PAGE) };
+        for (i, b) in all.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        // SAFETY: as above; an unaligned block in the middle.
+        populate(unsafe { p.add(PAGE + 24) }, PAGE - 48);
+        assert!(all.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    }
+
     #[test]
     fn classes_and_reuse() {
         let (base, s) = slab();
