@@ -1045,7 +1045,8 @@ def callgrind_main(a, ours_so):
     runs = []
     for mode in a.cg_modes.split(","):
         # the floors have no pua of interest to toggle on: full run only
-        for config in ("ours", "c", "floor", "nullpua") if mode == "full" else ("ours", "c"):
+        for config in [c for c in (("ours", "c", "floor", "nullpua") if mode == "full"
+                                   else ("ours", "c")) if c in a.configs.split(",")]:
             log("callgrind %s %s: %d REGISTERs over %d users at %d/s ..."
                 % (config, mode, a.cg_count, a.cg_users, a.cg_rate))
             r = callgrind_run(config, mode, a, ours_so)
