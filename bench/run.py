@@ -388,10 +388,13 @@ def run_one(config, rate, rnd, a, ours_so, warm=False, sync=None):
         # One at a time: the next one's free ports are picked once this one
         # has bound its own.
         uas = Uas(work)
+        k = None
         try:
             k = make_kamailio(config, work, uas.port, ours_so, a.children, a.shm)
             k.start()
         except BaseException:
+            if k is not None:
+                k.stop()
             uas.stop()
             raise
     try:
