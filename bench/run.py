@@ -630,14 +630,18 @@ def table(results, rates):
         cols += ["base (the --base build)", "ours/base"] if base else []
         out.append("| metric | " + " | ".join(cols) + " |")
         out.append("|---" * (len(cols) + 1) + "|")
+        def cell(c, key, f):
+            """The median [min-max] cell of configuration c, and the median."""
+            m = med(rows[c], key)
+            lo, hi = rng(rows[c], key)
+            return ("%s [%s-%s]" % (fmt(f, m), fmt(f, lo), fmt(f, hi)) if m is not None else "-"), m
+
         for key, head, f in METRICS:
             cells = []
             meds = {}
             for c in ["ours", "c"] + floors:
-                m = med(rows[c], key)
-                meds[c] = m
-                lo, hi = rng(rows[c], key)
-                cells.append("%s [%s-%s]" % (fmt(f, m), fmt(f, lo), fmt(f, hi)) if m is not None else "-")
+                text, meds[c] = cell(c, key, f)
+                cells.append(text)
             cells.append(ratio(meds["ours"], meds["c"]))
             for c in floors:
                 extra = ["-", "-", "-"]
@@ -649,10 +653,8 @@ def table(results, rates):
                     extra = [f % do, f % dc, ratio(do, dc)]
                 cells += extra
             for c in base:
-                m = med(rows[c], key)
-                lo, hi = rng(rows[c], key)
-                cells.append("%s [%s-%s]" % (fmt(f, m), fmt(f, lo), fmt(f, hi)) if m is not None else "-")
-                cells.append(ratio(meds["ours"], m))
+                text, m = cell(c, key, f)
+                cells += [text, ratio(meds["ours"], m)]
             out.append("| %s | %s |" % (head, " | ".join(cells)))
         for c in floors:
             line = paired_cpu(rows, c)
