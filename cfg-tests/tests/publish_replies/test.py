@@ -38,6 +38,14 @@ Cases
                      transaction, same body, no If-Match) within 16 s;
                      pua.stats counts the record; another pua.publish is
                      served.  C: the publication is dropped, never re-sent.
+  usrloc_retries     a pua_usrloc publication (REGISTER; no consumer
+                     callback, so its request block holds no copy of the
+                     body and each retry takes it from the record): 423
+                     (Min-Expires 1800), then 503 (Retry-After 1), then no
+                     answer (fr_timer 2 s, update_period 10), then 200: four
+                     PUBLISHes, none with SIP-If-Match, each with the first
+                     one's PIDF (its tuple id included) byte for byte, the
+                     second asking Expires 1800.  C: no retry after the 423.
   bad_200            a 200 without SIP-ETag, and a 200 with Expires: banana:
                      pua.publish answers within 5 s without a SIP-ETag
                      (failure), and the next pua.publish is served.  C: no
@@ -374,6 +382,45 @@ def case_no_answer(t):
     return k
 
 
+def case_usrloc_retries(t):
+    ul = uri("ulretry")
+
+    def script(req, ep):
+        n = len([r for r in ep.requests("PUBLISH") if r.msg.uri == req.uri])
+        if n == 1:
+            return sip.Reply(423, headers=[("Min-Expires", "1800")])
+        if n == 2:
+            return sip.Reply(503, headers=[("Retry-After", "1")])
+        if n == 3:
+            return sip.NoAnswer
+        return sip.PublishOk()
+    uas = t.uas(script=script)
+    k = start_client(t, uas, pua_params='modparam("pua", "update_period", 10)',
+                     tm_params='modparam("tm", "fr_timer", 2000)')
+    phone = t.uac()
+    reg = phone.register("127.0.0.1:%d" % k.port, ul, expires=120)
+    check(reg is not None and reg.status == 200, "REGISTER: %r" % reg)
+
+    def same_body_every_time():
+        ps = uas.wait_for(lambda: len(pubs(uas, ul)) >= 4 and pubs(uas, ul)[3].status
+                          and pubs(uas, ul), timeout=20.0) or pubs(uas, ul)
+        check(len(ps) == 4, "expected 4 PUBLISHes (423, 503, no answer, 200): %s" % describe(ps))
+        check(ps[3].status == 200, "the last PUBLISH was not answered 200: %s" % describe(ps))
+        check(ps[1].msg.get("expires") == "1800",
+              "the 423 retry asks Expires %s, not 1800" % ps[1].msg.get("expires"))
+        check(b"<tuple id=" in ps[0].msg.body,
+              "the first PUBLISH has no PIDF with a tuple id: %r" % ps[0].msg.body[:300])
+        for i, r in enumerate(ps[1:], 2):
+            check(if_match(r) is None, "PUBLISH #%d carries SIP-If-Match: %s" % (i, describe(ps)))
+            check(r.msg.body == ps[0].msg.body, "PUBLISH #%d's body differs from the first: "
+                  "%r vs %r" % (i, r.msg.body[:300], ps[0].msg.body[:300]))
+            check(r.msg.get("content-type") == ps[0].msg.get("content-type"),
+                  "PUBLISH #%d's Content-Type differs" % i)
+        check(quiet(uas, 4, 1.0, ul), "more PUBLISHes after the 200: %s" % describe(pubs(uas, ul)))
+    t.beyond_c(same_body_every_time)
+    return k
+
+
 def case_bad_200(t):
     ne, ba, ok = uri("noetag"), uri("banana"), uri("carol")
 
@@ -542,6 +589,7 @@ CASES = [
     ("423_min_expires", case_423_min_expires),
     ("503_retry_after", case_503_retry_after),
     ("no_answer", case_no_answer),
+    ("usrloc_retries", case_usrloc_retries),
     ("bad_200", case_bad_200),
     ("in_flight_rpc", case_in_flight_rpc),
     ("in_flight_dialoginfo", case_in_flight_dialoginfo),

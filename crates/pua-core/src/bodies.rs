@@ -907,7 +907,7 @@ fn presence_fast(body: &[u8], stored: Option<&[u8]>) -> Option<Processed<'static
         tuple_at,
         tuple_name_len,
         tuple_id,
-    } = scan_pidf(body)?;
+    } = scan_pidf_memo(body)?;
     match tuple_id {
         // An empty id stays as it is on the libxml2 path (inserting one
         // here would make a second attribute).
@@ -947,6 +947,7 @@ fn presence_fast(body: &[u8], stored: Option<&[u8]>) -> Option<Processed<'static
 
 /// What [`scan_pidf`] found: the first `tuple` element's `<` offset, the
 /// length of its (qualified) name, and its `id` attribute's value.
+#[derive(Debug, PartialEq, Eq)]
 struct Pidf<'a> {
     tuple_at: usize,
     tuple_name_len: usize,
@@ -966,7 +967,108 @@ struct Pidf<'a> {
 /// returns `None`, and the caller takes libxml2. It also finds the first
 /// element named `tuple` and checks that the first named `person` (any
 /// prefix, any case, as the libxml2 path looks them up) has an id.
+#[cfg(test)]
 fn scan_pidf(b: &[u8]) -> Option<Pidf<'_>> {
+    scan_pidf_spans(b, &mut Vec::new())
+}
+
+/// The last body [`scan_pidf`] took in this process (one without any
+/// `tuple` id or with the same one as the next: what pua_usrloc sends),
+/// what it found, and where its free attribute values are.
+#[derive(Default)]
+struct ScanMemo {
+    valid: bool,
+    body: Vec<u8>,
+    tuple_at: usize,
+    tuple_name_len: usize,
+    /// The tuple id's value as a range of `body`.
+    tuple_id: Option<(usize, usize)>,
+    /// The free attribute values ([`scan_pidf_spans`]), in document order.
+    spans: Vec<(u32, u32)>,
+    /// Another list's capacity, for the next scan.
+    spare: Vec<(u32, u32)>,
+}
+
+/// [`scan_pidf`] through this process's [`ScanMemo`]: a body that differs
+/// from the last one taken only inside one free attribute value (the
+/// `entity` of pua_usrloc's PIDF, from one user to the next), by bytes
+/// that may stand in any such value, is well-formed exactly when that one
+/// was, with its tuple at the same place (shifted by the length
+/// difference when after it). Two byte comparisons instead of the scan:
+/// the scan's branches on every byte ran with cold branch predictors, a
+/// PUBLISH apart.
+fn scan_pidf_memo(b: &[u8]) -> Option<Pidf<'_>> {
+    static MEMO: crate::scratch::Slot<ScanMemo> = crate::scratch::Slot::new();
+    crate::scratch::try_with_slot(&MEMO, |m| m.scan(b).0)
+        .unwrap_or_else(|| scan_pidf_spans(b, &mut Vec::new()))
+}
+
+impl ScanMemo {
+    /// [`scan_pidf`] of `b` through the memo (which then holds `b` if the
+    /// scan took it); whether the memo answered.
+    fn scan<'a>(&mut self, b: &'a [u8]) -> (Option<Pidf<'a>>, bool) {
+        if self.valid {
+            if let Some(p) = self.reuse(b) {
+                return (Some(p), true);
+            }
+        }
+        // Into the spare list: a body the scan refuses leaves the memo as
+        // it was.
+        let mut spans = std::mem::take(&mut self.spare);
+        spans.clear();
+        let Some(p) = scan_pidf_spans(b, &mut spans) else {
+            self.spare = spans;
+            return (None, false);
+        };
+        self.valid = false;
+        self.spare = std::mem::replace(&mut self.spans, spans);
+        if u32::try_from(b.len()).is_ok() {
+            self.body.clear();
+            self.body.extend_from_slice(b);
+            self.tuple_at = p.tuple_at;
+            self.tuple_name_len = p.tuple_name_len;
+            self.tuple_id = p.tuple_id.map(|v| {
+                let at = v.as_ptr() as usize - b.as_ptr() as usize;
+                (at, at + v.len())
+            });
+            self.valid = true;
+        }
+        (Some(p), false)
+    }
+
+    fn reuse<'a>(&self, b: &'a [u8]) -> Option<Pidf<'a>> {
+        let l = &self.body;
+        let p = crate::bytes::common_prefix(l, b);
+        let s = crate::bytes::common_suffix(&l[p..], &b[p..]);
+        // The windows that differ: [p, l_end) in the memo, [p, b_end) in b.
+        let (l_end, b_end) = (l.len() - s, b.len() - s);
+        if p != l.len() || p != b.len() {
+            // Inside one free value: the last one starting at or before p.
+            let k = self.spans.partition_point(|&(vs, _)| vs as usize <= p);
+            let (_, ve) = *self.spans.get(k.checked_sub(1)?)?;
+            if l_end > ve as usize {
+                return None;
+            }
+            let value_byte = |c: &u8| (0x20..0x7f).contains(c) && !b"\"'<&".contains(c);
+            if !b[p..b_end].iter().all(value_byte) {
+                return None;
+            }
+        }
+        // Positions outside the window keep their bytes; after it they move.
+        let at = |i: usize| if i >= l_end { i + b_end - l_end } else { i };
+        Some(Pidf {
+            tuple_at: at(self.tuple_at),
+            tuple_name_len: self.tuple_name_len,
+            tuple_id: self.tuple_id.map(|(vs, ve)| &b[at(vs)..at(ve)]),
+        })
+    }
+}
+
+/// The scan of [`scan_pidf`]; `spans` gets the free attribute values, as
+/// ranges of `b` (the bytes between the quotes): those of every attribute
+/// but `id` and namespace declarations, whose content the scan does not
+/// look at (a [`ScanMemo`] relies on that).
+fn scan_pidf_spans<'a>(b: &'a [u8], spans: &mut Vec<(u32, u32)>) -> Option<Pidf<'a>> {
     const MAX_DEPTH: usize = 32;
     let plain = |c: u8| (0x20..0x7f).contains(&c) || matches!(c, b'\t' | b'\n' | b'\r');
     // No early exit: the compiler can vectorise this.
@@ -1111,8 +1213,12 @@ fn scan_pidf(b: &[u8]) -> Option<Pidf<'_>> {
                     } else if prefixed && (tuple_here || person_here) {
                         return None; // `p:id`: libxml2 may see it as `id`
                     }
-                    if key.eq_ignore_ascii_case(b"id") && id.is_none() {
-                        id = Some(value);
+                    if key.eq_ignore_ascii_case(b"id") {
+                        if id.is_none() {
+                            id = Some(value);
+                        }
+                    } else if key != b"xmlns" && !key.starts_with(b"xmlns:") {
+                        spans.push((u32::try_from(vs).ok()?, u32::try_from(ve).ok()?));
                     }
                     i = ve + 1;
                 };
@@ -1345,43 +1451,48 @@ mod fast_tests {
         assert_eq!(p.tuple_id.as_deref(), Some(&b"t"[..]));
     }
 
-    /// Whenever the hand scanner takes a body, libxml2 takes it too and
-    /// finds the same tuple id; checked on mutations of real bodies with
-    /// the bytes XML syntax is made of.
-    #[test]
-    fn fast_path_agrees_with_libxml2() {
-        let seeds = [
+    /// One to three random edits of `m` (replace, insert or remove a byte
+    /// from `alphabet`).
+    fn mutate(m: &mut Vec<u8>, alphabet: &[u8], rnd: &mut impl FnMut(usize) -> usize) {
+        for _ in 0..1 + rnd(3) {
+            let i = rnd(m.len());
+            let c = alphabet[rnd(alphabet.len())];
+            match rnd(3) {
+                0 => m[i] = c,
+                1 => m.insert(i, c),
+                _ => {
+                    m.remove(i);
+                }
+            }
+        }
+    }
+
+    /// Real bodies for the randomised tests to mutate.
+    fn seed_bodies() -> Vec<String> {
+        vec![
             USRLOC.to_string(),
             USRLOC.replace("<tuple>", "<tuple id=\"t0\">"),
             tests::PIDF.to_string(),
             tests::PIDF_NO_ID.to_string(),
             "<?xml version='1.0' encoding='utf-8' ?><p:presence xmlns:p=\"urn:ietf:params:xml:ns:pidf\" entity='a'><p:tuple id='x'><p:status><p:basic>open</p:basic></p:status></p:tuple><dm:person xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" id=\"p\"/></p:presence>".to_string(),
-        ];
+        ]
+    }
+
+    /// Whenever the hand scanner takes a body, libxml2 takes it too and
+    /// finds the same tuple id; checked on mutations of real bodies with
+    /// the bytes XML syntax is made of.
+    #[test]
+    fn fast_path_agrees_with_libxml2() {
+        let seeds = seed_bodies();
         // 100,000 per seed body and other seeds were run while writing it.
         const ROUNDS: usize = 4000;
         let alphabet = b"<>/=\"' :&!?-_.;]x1\n\tab";
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut rnd = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut rnd = crate::testing::rnd_below(0x2545_f491_4f6c_dd1d);
         let (mut taken, mut refused) = (0, 0);
         for src in &seeds {
             for _ in 0..ROUNDS {
                 let mut m = src.as_bytes().to_vec();
-                for _ in 0..1 + rnd(3) {
-                    let i = rnd(m.len());
-                    let c = alphabet[rnd(alphabet.len())];
-                    match rnd(3) {
-                        0 => m[i] = c,
-                        1 => m.insert(i, c),
-                        _ => {
-                            m.remove(i);
-                        }
-                    }
-                }
+                mutate(&mut m, alphabet, &mut rnd);
                 let stored = [None, Some(&b"s1"[..])][rnd(2)];
                 let Some(fast) = presence_fast(&m, stored) else {
                     refused += 1;
@@ -1406,6 +1517,60 @@ mod fast_tests {
         assert!(
             taken > 1000 && refused > 1000,
             "taken {taken}, refused {refused}"
+        );
+    }
+
+    /// The memo gives the scan's answer for every body: users' PIDFs that
+    /// differ in their entity (the memo's case) by all kinds of bytes, and
+    /// random edits anywhere (mostly not its case), one after the other.
+    #[test]
+    fn the_scan_memo_answers_as_the_scan() {
+        let mut seeds = seed_bodies();
+        seeds.push(USRLOC.replace("<status>", "<status a='x\"y' b=\"\">"));
+        seeds.push(
+            USRLOC
+                .replace("entity=\"", "entity='")
+                .replace("com\">", "com'>"),
+        );
+        let alphabet = b"<>/=\"' :&!?-_.;]x1\n\tab@\x7f";
+        let mut rnd = crate::testing::rnd_below(0x9e37_79b9_7f4a_7c15);
+        let (mut hits, mut taken) = (0, 0);
+        let mut memo = ScanMemo::default();
+        for n in 0..20_000 {
+            // Runs of bodies from one seed, as from one consumer.
+            let src = &seeds[n / 16 % seeds.len()];
+            let mut m = src.as_bytes().to_vec();
+            match rnd(3) {
+                0 => {
+                    // Another user: a new entity value.
+                    let v: Vec<u8> = (0..rnd(40))
+                        .map(|_| alphabet[rnd(alphabet.len())])
+                        .collect();
+                    let at = src.find("entity=").map(|i| i + 8);
+                    if let Some(at) = at {
+                        let end = at + src[at..].find(['"', '\'']).unwrap_or(0);
+                        m.splice(at..end, v);
+                    }
+                }
+                1 => {
+                    let v: Vec<u8> = (0..rnd(40)).map(|_| b"az09@.:;-_ "[rnd(11)]).collect();
+                    if let Some(at) = src.find("entity=").map(|i| i + 8) {
+                        let end = at + src[at..].find(['"', '\'']).unwrap_or(0);
+                        m.splice(at..end, v);
+                    }
+                }
+                _ => mutate(&mut m, alphabet, &mut rnd),
+            }
+            let want = scan_pidf(&m);
+            taken += usize::from(want.is_some());
+            let (got, hit) = memo.scan(&m);
+            assert_eq!(got, want, "{}", String::from_utf8_lossy(&m));
+            hits += usize::from(hit);
+            assert_eq!(scan_pidf_memo(&m), want, "through the process's memo");
+        }
+        assert!(
+            hits > 1500 && taken > 6000,
+            "memo hits {hits}, taken {taken}"
         );
     }
 

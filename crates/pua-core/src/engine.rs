@@ -20,8 +20,8 @@ use crate::flags::*;
 use crate::publish::{self, classify, Kind, Outcome, ReplyInfo};
 use crate::sys::sip_msg;
 use crate::table::{
-    ext_of, free_record, BucketRef, Node, Rec, RecordData, Table, EXT_BODY_PACKED, EXT_HAD_423,
-    EXT_RETRY_TIMEOUT, EXT_TIMEOUT_LOGGED,
+    ext_of, free_record, BucketRef, Node, Rec, RecordData, Table, EXT_BODY_OUTSIDE,
+    EXT_BODY_PACKED, EXT_HAD_423, EXT_RETRY_TIMEOUT, EXT_TIMEOUT_LOGGED,
 };
 use crate::{lm_dbg, lm_err, lm_info, lm_warn};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -178,6 +178,7 @@ pub(crate) fn until_fresh(mut attempt: impl FnMut() -> i32) -> Option<i32> {
 }
 
 /// What [`until_fresh`]'s caller answers when it gave up.
+#[cold]
 pub(crate) fn gave_up(what: &str, uri: &[u8]) -> i32 {
     lm_err!(
         "{}: {}'s records keep leaving memory while looked up; giving up",
@@ -244,7 +245,9 @@ impl Engine {
                 return -1;
             };
             match self.decide(host, ev, intent, ticket) {
-                Ok(Some(req)) => self.send_req(host, req),
+                // A new publication's body may be left out of its request
+                // block (EXT_BODY_OUTSIDE): it is the intent's.
+                Ok(Some(req)) => self.send_req_with(host, req, intent.body.as_deref(), Some(ev)),
                 Ok(None) => 0,
                 Err(code) => code,
             }
@@ -335,7 +338,23 @@ impl Engine {
                 req.ext.kind = Kind::Initial as u32;
                 req.ext.asked = asked;
                 req.ext.gen = 1;
-                let Some(q) = req.to_shm() else {
+                // Unless consumer callbacks will read the request (they get
+                // its body, as C's) or the record lives in the database,
+                // tm takes the body from the intent (still the processed
+                // body) instead of a second copy in shm: a retry rebuilds
+                // the block from the record (`with_body_for_retry`).
+                let outside = !self.cfg.db_only && !host.has_callbacks(req.flag);
+                let body = if outside {
+                    req.ext.flags |= EXT_BODY_OUTSIDE;
+                    req.body.take()
+                } else {
+                    None
+                };
+                let q = req.to_shm();
+                if outside {
+                    req.body = body;
+                }
+                let Some(q) = q else {
                     // SAFETY: never linked; ours.
                     unsafe { free_record(r) };
                     return Err(out_of_shm(&req.pres_uri));
@@ -450,6 +469,19 @@ impl Engine {
     /// Sends a request block (no lock held). On failure the record goes
     /// back to idle (an initial one is dropped) and the block is freed.
     fn send_req(&self, host: &dyn Host, req: Rec) -> i32 {
+        self.send_req_with(host, req, None, None)
+    }
+
+    /// [`Engine::send_req`]; `outside`: the body of a block made with
+    /// [`EXT_BODY_OUTSIDE`] (the caller's copy); `ev`: its event, if the
+    /// caller has looked it up already.
+    fn send_req_with(
+        &self,
+        host: &dyn Host,
+        req: Rec,
+        outside: Option<&[u8]>,
+        ev: Option<Event>,
+    ) -> i32 {
         if ext_of(req).kind >= crate::subscribe::SUB_INITIAL {
             return self.send_sub_req(host, req);
         }
@@ -458,13 +490,23 @@ impl Engine {
         let n = unsafe { req.node() };
         let e = ext_of(req);
         let (kind, asked) = (Kind::from_u32(e.kind).unwrap_or(Kind::Refresh), e.asked);
-        let Some(ev) = events::by_flag(n.event) else {
+        let Some(ev) = ev.or_else(|| events::by_flag(n.event)) else {
             lm_err!("event {} vanished", n.event);
             let d = RecordData::from_rec(req);
             self.abandon(host, req, &d);
             return -1;
         };
-        let body = n.body();
+        let body = if e.flags & EXT_BODY_OUTSIDE == 0 {
+            n.body()
+        } else {
+            let Some(b) = outside else {
+                lm_err!("a PUBLISH lost its body; not sending it");
+                let d = RecordData::from_rec(req);
+                self.abandon(host, req, &d);
+                return -1;
+            };
+            Some(b)
+        };
         let ct = body.map(|_| {
             let c = n.s(crate::table::F::ContentType);
             if c.is_empty() {
@@ -531,6 +573,11 @@ impl Engine {
     /// The reply to request `req` (`reply` None: tm's FAKED_REPLY).
     pub fn on_reply(&self, host: &dyn Host, req: Rec, reply: Option<&ReplyInfo>, msg: Msg) {
         let now = host.now();
+        // A block whose body went to tm from elsewhere, kept for a retry,
+        // is replaced by one with the body; the old one is freed at the end
+        // (`q` and `pres_uri` borrow from it).
+        let sent_req = req;
+        let mut req = req;
         // The scalars; the whole request only for callbacks.
         let rd = RecordData::scalars_of(req);
         // SAFETY: tm handed the block back: ours until it is freed or
@@ -540,7 +587,7 @@ impl Engine {
         let pres_uri = q.pres_uri();
         let bucket = self.table.bucket_of(pres_uri, None);
         let kind = Kind::from_u32(rd.ext.kind).unwrap_or(Kind::Refresh);
-        let outcome = classify(reply, kind, rd.ext.retries, rd.ext.flags & EXT_HAD_423 != 0);
+        let mut outcome = classify(reply, kind, rd.ext.retries, rd.ext.flags & EXT_HAD_423 != 0);
         let mut final_reply = true;
         let mut cb_msg = msg;
         let mut keep_req = false;
@@ -552,6 +599,21 @@ impl Engine {
             let rec = b
                 .find(|p| same_publication_as(p, q))
                 .filter(|&r| ext_of(r).gen == rd.ext.gen);
+            let retried = matches!(
+                outcome,
+                Outcome::LocalTimeout | Outcome::RetryWithExpires(_) | Outcome::RetryAfter(_)
+            );
+            if let (true, Some(r)) = (retried && rd.ext.flags & EXT_BODY_OUTSIDE != 0, rec) {
+                match with_body_for_retry(b.get(r), ext_of(r).flags, req) {
+                    Some(full) => req = full,
+                    None => {
+                        outcome = Outcome::Failed {
+                            reason: "no body to send it again with (out of shared memory?)"
+                                .to_string(),
+                        }
+                    }
+                }
+            }
             if let Outcome::Stored { etag, .. } = &outcome {
                 let len = u32::try_from(etag.len()).unwrap_or(u32::MAX);
                 if self.shared.etag_hint.load(Ordering::Relaxed) != len {
@@ -731,6 +793,10 @@ impl Engine {
         if !keep_req {
             // SAFETY: tm handed the block back; nobody else refers to it.
             unsafe { free_record(req) };
+        }
+        if req != sent_req {
+            // SAFETY: replaced by `req` above; nothing refers to it any more.
+            unsafe { free_record(sent_req) };
         }
         if let Some(n) = next {
             self.send_req(host, n);
@@ -972,6 +1038,7 @@ fn mark_stored(n: &mut Node, expires: u32) {
 
 /// Logs a request that could not be built for lack of shared memory (the
 /// consumer gets -1; the record is left as it was).
+#[cold]
 fn out_of_shm(pres_uri: &[u8]) -> i32 {
     lm_err!(
         "send_publish for {}: out of shared memory",
@@ -995,6 +1062,21 @@ fn record_block(d: &mut RecordData, room: usize) -> Option<Rec> {
         }
     }
     d.to_shm_with_room(room)
+}
+
+/// A copy of request `req` (made with [`EXT_BODY_OUTSIDE`]) with the body
+/// of its record `rec` (whose `Ext::flags` are `rec_flags`), for a retry; `None` when the record has no body or
+/// shm is short.
+fn with_body_for_retry(rec: &Node, rec_flags: u32, req: Rec) -> Option<Rec> {
+    let body = rec.body()?;
+    let mut d = RecordData::from_rec(req);
+    d.body = Some(if rec_flags & EXT_BODY_PACKED != 0 {
+        crate::pack::unpack(body)
+    } else {
+        body.to_vec()
+    });
+    d.ext.flags &= !EXT_BODY_OUTSIDE;
+    d.to_shm()
 }
 
 /// [`enqueue`] for the SUBSCRIBE side.
@@ -1070,6 +1152,8 @@ mod tests {
         callbacks: RefCell<Vec<(RecordData, Msg)>>,
         dialogs: RefCell<Vec<SentOnDialog>>,
         fail_send: Cell<bool>,
+        /// No consumer callback registered (pua_usrloc's case).
+        no_callbacks: Cell<bool>,
         /// db_mode 2: the database (shared by the nodes of a test).
         store: Option<std::rc::Rc<RefCell<crate::testing::MemStore>>>,
         /// Run once at the next `now()`: what another process does there.
@@ -1106,6 +1190,9 @@ mod tests {
         }
         fn run_callbacks(&self, h: &RecordData, msg: Msg) {
             self.callbacks.borrow_mut().push((h.clone(), msg));
+        }
+        fn has_callbacks(&self, _: i32) -> bool {
+            !self.no_callbacks.get()
         }
         fn send_on_dialog(
             &self,
@@ -1479,6 +1566,56 @@ mod tests {
         let (_, hdr, body) = pop_sent(&h);
         assert!(hdr.contains("SIP-If-Match: e1"));
         assert_eq!(body.as_deref(), Some(&b"<b/>;v1"[..]));
+    }
+
+    /// Without consumer callbacks a new publication's request block holds no
+    /// body (tm gets the intent's); every retry of it carries the body
+    /// again, taken from the record (packed there).
+    #[test]
+    fn a_new_publication_sends_the_intents_body_and_retries_with_the_records() {
+        let (e, h) = engine();
+        h.no_callbacks.set(true);
+        let body = "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\"><tuple id=\"t\"><status>\
+                    <basic>open</basic></status></tuple></presence>";
+        let want = format!("{body};v0").into_bytes();
+        e.send_publish(&h, intent(Some(body), 60, 0));
+        let (req, _, sent) = pop_sent(&h);
+        assert_eq!(sent.as_deref(), Some(&want[..]));
+        // SAFETY: the request block is alive until its reply.
+        assert!(unsafe { req.node() }.body().is_none(), "one copy in shm");
+        assert_ne!(
+            stored(&e)[0].ext.flags & EXT_BODY_PACKED,
+            0,
+            "the record keeps it packed"
+        );
+        let r423 = ReplyInfo {
+            code: 423,
+            min_expires: Some(b"1800".to_vec().into()),
+            ..Default::default()
+        };
+        e.on_reply(&h, req, Some(&r423), MSG);
+        let (req, hdr, sent) = pop_sent(&h);
+        assert!(hdr.contains("Expires: 1800\r\n"), "{hdr}");
+        assert_eq!(sent.as_deref(), Some(&want[..]), "423 retry");
+        let r503 = ReplyInfo {
+            code: 503,
+            retry_after: Some(b"5".to_vec().into()),
+            ..Default::default()
+        };
+        e.on_reply(&h, req, Some(&r503), MSG);
+        h.now.set(10_006);
+        assert_eq!(e.pass(&h, false).retried, 1);
+        let (req, hdr, sent) = pop_sent(&h);
+        assert!(!hdr.contains("SIP-If-Match"), "{hdr}");
+        assert_eq!(sent.as_deref(), Some(&want[..]), "Retry-After retry");
+        e.on_reply(&h, req, None, FAKED);
+        h.now.set(10_006 + 95);
+        assert_eq!(e.pass(&h, false).retried, 1);
+        let (req, _, sent) = pop_sent(&h);
+        assert_eq!(sent.as_deref(), Some(&want[..]), "local timeout retry");
+        e.on_reply(&h, req, Some(&ok("e1", 3600)), MSG);
+        assert_eq!(stored(&e)[0].etag, b"e1");
+        assert_eq!(e.shared.scheduled.load(Ordering::SeqCst), 0);
     }
 
     /// `<a/>` published (etag e1), then `<b/>` sent and answered by tm's

@@ -10,6 +10,7 @@
 //! `unsafe` in one place per structure, each block with a SAFETY comment.
 
 pub mod bodies;
+pub mod bytes;
 pub mod callbacks;
 pub mod dbonly;
 pub mod engine;

@@ -40,6 +40,11 @@ pub fn set_sink(sink: Sink, enabled: Enabled) {
 }
 
 #[doc(hidden)]
+// Cold and out of line: the blocks that log are the unusual paths, and so
+// laid out away from the hot code around them (fewer instruction-cache
+// lines per PUBLISH).
+#[cold]
+#[inline(never)]
 pub fn emit(level: Level, file: &'static str, line: u32, args: fmt::Arguments<'_>) {
     // SAFETY: only ever stores of `Enabled`/`Sink` fn pointers are made above.
     let enabled: Enabled = unsafe { std::mem::transmute(ENABLED.load(Ordering::Acquire)) };

@@ -100,44 +100,165 @@ const ORDER: ([u8; DICT.len()], [(u8, u8); 256]) = {
     (order, span)
 };
 
+/// The longest dictionary entry: a decision at `i` reads at most
+/// `body[i..i + MAX_WORD]`.
+const MAX_WORD: usize = {
+    let mut m = 0;
+    let mut k = 0;
+    while k < DICT.len() {
+        if DICT[k].len() > m {
+            m = DICT[k].len();
+        }
+        k += 1;
+    }
+    m
+};
+
 /// Packs `body`; `None` when it cannot be packed (it holds a code byte) or
-/// would not get smaller.
+/// would not get smaller. Through this process's [`PackMemo`].
 pub fn pack(body: &[u8]) -> Option<Vec<u8>> {
-    let (order, span) = &ORDER;
+    static MEMO: crate::scratch::Slot<PackMemo> = crate::scratch::Slot::new();
+    crate::scratch::try_with_slot(&MEMO, |m| m.pack(body).0).unwrap_or_else(|| pack_plain(body))
+}
+
+/// [`pack`] without a memo.
+fn pack_plain(body: &[u8]) -> Option<Vec<u8>> {
     // Never reallocates: the output is at most as long as the input.
     let mut out = Vec::with_capacity(body.len());
     let mut i = 0;
-    while let Some(&c) = body.get(i) {
-        match CLASS[c as usize] {
-            0 => {
-                out.push(c);
-                i += 1;
-                continue;
-            }
-            2 => return None, // holds a code byte: kept as it is
-            _ => {}
-        }
-        let rest = &body[i..];
-        let (start, count) = span[c as usize];
-        // Every entry is at least 2 bytes: check the second byte before
-        // comparing the whole entry.
-        let second = rest.get(1).copied();
-        let hit = order[start as usize..(start + count) as usize]
-            .iter()
-            .map(|&k| (k, DICT[k as usize]))
-            .find(|&(_, w)| Some(w[1]) == second && starts_with(rest, w));
-        match hit {
-            Some((k, w)) => {
-                out.push(code(k as usize));
-                i += w.len();
-            }
-            None => {
-                out.push(c);
-                i += 1;
-            }
-        }
+    while i < body.len() {
+        let (c, n) = decide(body, i)?;
+        out.push(c);
+        i += n;
     }
     (out.len() < body.len()).then_some(out)
+}
+
+/// The decision of [`pack`] at `i` (< `body.len()`): the byte written and
+/// how many input bytes it stands for; `None` for a code byte. A function
+/// of `body[i..i + MAX_WORD]` alone.
+#[inline(always)]
+fn decide(body: &[u8], i: usize) -> Option<(u8, usize)> {
+    let (order, span) = &ORDER;
+    let c = body[i];
+    match CLASS[c as usize] {
+        0 => return Some((c, 1)),
+        2 => return None, // holds a code byte: kept as it is
+        _ => {}
+    }
+    let rest = &body[i..];
+    let (start, count) = span[c as usize];
+    // Every entry is at least 2 bytes: check the second byte before
+    // comparing the whole entry.
+    let second = rest.get(1).copied();
+    let hit = order[start as usize..(start + count) as usize]
+        .iter()
+        .map(|&k| (k, DICT[k as usize]))
+        .find(|&(_, w)| Some(w[1]) == second && starts_with(rest, w));
+    Some(match hit {
+        Some((k, w)) => (code(k as usize), w.len()),
+        None => (c, 1),
+    })
+}
+
+/// The last body this process packed (the bodies of one consumer differ in
+/// a few bytes: pua_usrloc's PIDFs in the user and the tuple id), its
+/// packed bytes and where each decision started. [`pack`] decides from the
+/// start of a body to its end, each decision a function of the next
+/// [`MAX_WORD`] bytes, so a new body takes the memo's decisions while those
+/// bytes are the same, packs the bytes that differ, and takes the memo's
+/// again from the first decision it shares in the common end. Comparing
+/// and copying bytes instead of a dictionary lookup at each byte, whose
+/// branches ran with cold predictors a PUBLISH apart.
+#[derive(Default)]
+struct PackMemo {
+    valid: bool,
+    body: Vec<u8>,
+    out: Vec<u8>,
+    /// (input, output) offsets at each decision, in order.
+    steps: Vec<(u16, u16)>,
+    /// Another list's capacity, for the next body.
+    spare: Vec<(u16, u16)>,
+}
+
+impl PackMemo {
+    /// [`pack`] of `body` through the memo, which then holds `body` (if it
+    /// could be packed and is below 64 KiB); how many input bytes were
+    /// decided anew (for tests).
+    fn pack(&mut self, body: &[u8]) -> (Option<Vec<u8>>, usize) {
+        if body.len() > usize::from(u16::MAX) {
+            return (pack_plain(body), body.len());
+        }
+        let mut out = Vec::with_capacity(body.len());
+        let mut steps = std::mem::take(&mut self.spare);
+        steps.clear();
+        let mut i = 0;
+        // Where the bytes differ: [p, l_end) in the memo, [p, b_end) here.
+        let mut window = None;
+        if self.valid {
+            let l = &self.body;
+            let p = crate::bytes::common_prefix(l, body);
+            let s = crate::bytes::common_suffix(&l[p..], &body[p..]);
+            // The memo's decisions that read the common start only.
+            let k = self
+                .steps
+                .partition_point(|&(x, _)| usize::from(x) + MAX_WORD <= p);
+            if k > 0 {
+                let (x, o) = self
+                    .steps
+                    .get(k)
+                    .map_or((l.len(), self.out.len()), |&(x, o)| {
+                        (usize::from(x), usize::from(o))
+                    });
+                out.extend_from_slice(&self.out[..o]);
+                steps.extend_from_slice(&self.steps[..k]);
+                i = x;
+            }
+            window = Some((l.len() - s, body.len() - s));
+        }
+        let mut decided = 0;
+        while i < body.len() {
+            if let Some((l_end, b_end)) = window.filter(|&(_, b_end)| i >= b_end) {
+                // In the common end: a decision the memo made at the same
+                // bytes starts the same decisions to the end.
+                let at = i - b_end + l_end;
+                if let Ok(j) = self
+                    .steps
+                    .binary_search_by_key(&at, |&(x, _)| usize::from(x))
+                {
+                    let o = usize::from(self.steps[j].1);
+                    let base = out.len();
+                    // Offsets stay below 64 KiB: checked above for the
+                    // input, and the output is never longer.
+                    steps.extend(self.steps[j..].iter().map(|&(x, y)| {
+                        (
+                            (usize::from(x) - at + i) as u16,
+                            (usize::from(y) - o + base) as u16,
+                        )
+                    }));
+                    out.extend_from_slice(&self.out[o..]);
+                    break;
+                }
+            }
+            steps.push((i as u16, out.len() as u16));
+            let Some((c, n)) = decide(body, i) else {
+                // Not packable: the memo stays as it was.
+                self.spare = steps;
+                return (None, decided);
+            };
+            out.push(c);
+            i += n;
+            decided += n;
+        }
+        self.valid = false;
+        self.body.clear();
+        self.body.extend_from_slice(body);
+        self.out.clear();
+        self.out.extend_from_slice(&out);
+        self.spare = std::mem::replace(&mut self.steps, steps);
+        self.valid = true;
+        ((out.len() < body.len()).then_some(out), decided)
+    }
 }
 
 /// `rest.starts_with(w)` for the short dictionary entries, 8 bytes at a
@@ -239,6 +360,58 @@ mod tests {
             }
         }
         assert_eq!(pack(USRLOC), reference(USRLOC));
+    }
+
+    /// Through the memo, every body packs as without it: pua_usrloc-like
+    /// PIDFs from user to user (the memo's case), edits anywhere, code
+    /// bytes and dictionary fragments at the edges of what changed.
+    #[test]
+    fn the_memo_packs_as_the_plain_loop() {
+        let mut rnd = crate::testing::rnd_below(0x2545_f491_4f6c_dd1d);
+        let text = String::from_utf8_lossy(USRLOC).into_owned();
+        let mut memo = PackMemo::default();
+        let (mut fresh, mut total) = (0, 0);
+        for n in 0..20_000 {
+            let user: String = (0..rnd(30))
+                .map(|_| char::from(b"abz09@.-"[rnd(8)]))
+                .collect();
+            let id: String = (0..rnd(30))
+                .map(|_| char::from(b"pua0f-"[rnd(6)]))
+                .collect();
+            let mut body = text
+                .replace("alice@127.0.0.1", &user)
+                .replace("pua6b82-18eb8e0cc64667c2-0", &id)
+                .into_bytes();
+            if n % 4 == 0 {
+                // Edits with bytes that start or end dictionary entries.
+                for _ in 0..1 + rnd(3) {
+                    if body.is_empty() {
+                        break;
+                    }
+                    let w = DICT[rnd(DICT.len())];
+                    let frag = &w[rnd(w.len())..];
+                    let at = rnd(body.len());
+                    match rnd(4) {
+                        0 => body.splice(at..at, frag.iter().copied()).for_each(drop),
+                        1 => body
+                            .splice(at..(at + frag.len()).min(body.len()), [])
+                            .for_each(drop),
+                        2 => body[at] = b" <e\nu\x01\"x"[rnd(8)],
+                        _ => body.truncate(at),
+                    }
+                }
+            }
+            let (got, decided) = memo.pack(&body);
+            let want = pack_plain(&body);
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&body));
+            assert_eq!(got, reference(&body));
+            fresh += decided;
+            total += body.len();
+        }
+        assert!(
+            fresh * 2 < total,
+            "the memo decided {fresh} of {total} bytes anew"
+        );
     }
 
     #[test]

@@ -158,6 +158,10 @@ pub const EXT_BODY_PACKED: u32 = 4;
 /// Request: parked for a retry after a local timeout (no reply at all), so
 /// newer state from a consumer supersedes it at once instead of waiting.
 pub const EXT_RETRY_TIMEOUT: u32 = 8;
+/// Request: its body is not in the block; it went to tm from the caller's
+/// copy (a new publication's processed body, whose packed copy is in the
+/// record). A retry of the request takes it from the record.
+pub const EXT_BODY_OUTSIDE: u32 = 16;
 
 /// The string fields of a record, in the order they are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,6 +268,9 @@ impl Node {
         if v.len() > cur.len() + self.room as usize {
             return false;
         }
+        if self.shift_in_place(f, v) {
+            return true;
+        }
         // The tail as it is, copied aside (records are small; larger ones
         // take the caller's path), then written anew with `v`.
         const MAX_TAIL: usize = 1024;
@@ -308,6 +315,65 @@ impl Node {
         unsafe { write_tail(self.tail() as *mut u8, lens_len, &vals) };
         self.lens_len = lens_len_u8;
         self.present = present;
+        self.room = room;
+        true
+    }
+
+    /// [`Node::set_in_place`] when the field is present and its length's
+    /// varint keeps its width (an etag of 1-127 bytes where there was none:
+    /// a new publication's first 2xx): the bytes after the field move by
+    /// the difference and the varint is overwritten, nothing else is
+    /// rewritten. `false`: not that case, nothing changed.
+    fn shift_in_place(&mut self, f: F, v: &[u8]) -> bool {
+        let want = f as usize;
+        if OPTIONAL & (1 << want) != 0 && self.present & (1 << want) == 0 {
+            return false;
+        }
+        let t = self.tail() as *mut u8;
+        let lens_len = self.lens_len as usize;
+        // (its varint's offset and width, its bytes' offset and length)
+        let mut field = None;
+        let (mut pos, mut i, mut data_len) = (0usize, 0usize, 0usize);
+        // SAFETY: as in `s`: `lens_len` varints written by write_block.
+        unsafe {
+            while pos < lens_len {
+                let start = pos;
+                let len = read_varint(t, &mut pos);
+                if i == want {
+                    field = Some((start, pos - start, data_len, len));
+                }
+                data_len += len;
+                i += 1;
+            }
+        }
+        let Some((vpos, width, off, cur)) = field else {
+            return false;
+        };
+        if varint_len(v.len()) != width {
+            return false;
+        }
+        let Some(room) = (self.room as usize + cur)
+            .checked_sub(v.len())
+            .and_then(|r| u8::try_from(r).ok())
+        else {
+            return false;
+        };
+        // SAFETY: the block has lens_len + data_len + room bytes after the
+        // struct, and the new data is at most data_len + room long; `v` is
+        // not in the block (the caller's value); the varint keeps its width.
+        unsafe {
+            let d = t.add(lens_len);
+            let after = off + cur;
+            ptr::copy(d.add(after), d.add(off + v.len()), data_len - after);
+            ptr::copy_nonoverlapping(v.as_ptr(), d.add(off), v.len());
+            let (mut lp, mut l) = (t.add(vpos), v.len());
+            for k in 0..width {
+                let b = (l & 0x7f) as u8;
+                l >>= 7;
+                *lp = if k + 1 < width { b | 0x80 } else { b };
+                lp = lp.add(1);
+            }
+        }
         self.room = room;
         true
     }

@@ -315,3 +315,14 @@ impl Store for MemStore {
         Ok(())
     }
 }
+
+/// A fixed-seed xorshift generator for the randomised tests: each call
+/// gives a number below `n` (> 0).
+pub fn rnd_below(mut seed: u64) -> impl FnMut(usize) -> usize {
+    move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    }
+}
