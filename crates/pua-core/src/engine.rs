@@ -711,7 +711,8 @@ impl Engine {
                     };
                     d.ext.gen = e.gen;
                     d.ext.retries = rd.ext.retries + 1;
-                    d.ext.flags = rd.ext.flags;
+                    // The body comes with the block (from the record).
+                    d.ext.flags = rd.ext.flags & !EXT_BODY_OUTSIDE;
                     match d.to_shm() {
                         Some(n) => {
                             // The record has no valid etag any more.
@@ -1065,8 +1066,8 @@ fn record_block(d: &mut RecordData, room: usize) -> Option<Rec> {
 }
 
 /// A copy of request `req` (made with [`EXT_BODY_OUTSIDE`]) with the body
-/// of its record `rec` (whose `Ext::flags` are `rec_flags`), for a retry; `None` when the record has no body or
-/// shm is short.
+/// of its record `rec` (whose `Ext::flags` are `rec_flags`), for a retry;
+/// `None` when the record has no body or shm is short.
 fn with_body_for_retry(rec: &Node, rec_flags: u32, req: Rec) -> Option<Rec> {
     let body = rec.body()?;
     let mut d = RecordData::from_rec(req);
