@@ -972,9 +972,8 @@ fn scan_pidf(b: &[u8]) -> Option<Pidf<'_>> {
     scan_pidf_spans(b, &mut Vec::new())
 }
 
-/// The last body [`scan_pidf`] took in this process (one without any
-/// `tuple` id or with the same one as the next: what pua_usrloc sends),
-/// what it found, and where its free attribute values are.
+/// The last body [`scan_pidf`] took in this process, what it found, and
+/// where its free attribute values are.
 #[derive(Default)]
 struct ScanMemo {
     valid: bool,
@@ -1022,17 +1021,15 @@ impl ScanMemo {
         };
         self.valid = false;
         self.spare = std::mem::replace(&mut self.spans, spans);
-        if u32::try_from(b.len()).is_ok() {
-            self.body.clear();
-            self.body.extend_from_slice(b);
-            self.tuple_at = p.tuple_at;
-            self.tuple_name_len = p.tuple_name_len;
-            self.tuple_id = p.tuple_id.map(|v| {
-                let at = v.as_ptr() as usize - b.as_ptr() as usize;
-                (at, at + v.len())
-            });
-            self.valid = true;
-        }
+        self.body.clear();
+        self.body.extend_from_slice(b);
+        self.tuple_at = p.tuple_at;
+        self.tuple_name_len = p.tuple_name_len;
+        self.tuple_id = p.tuple_id.map(|v| {
+            let at = v.as_ptr() as usize - b.as_ptr() as usize;
+            (at, at + v.len())
+        });
+        self.valid = true;
         (Some(p), false)
     }
 
@@ -1541,19 +1538,11 @@ mod fast_tests {
             let src = &seeds[n / 16 % seeds.len()];
             let mut m = src.as_bytes().to_vec();
             match rnd(3) {
-                0 => {
-                    // Another user: a new entity value.
-                    let v: Vec<u8> = (0..rnd(40))
-                        .map(|_| alphabet[rnd(alphabet.len())])
-                        .collect();
-                    let at = src.find("entity=").map(|i| i + 8);
-                    if let Some(at) = at {
-                        let end = at + src[at..].find(['"', '\'']).unwrap_or(0);
-                        m.splice(at..end, v);
-                    }
-                }
-                1 => {
-                    let v: Vec<u8> = (0..rnd(40)).map(|_| b"az09@.:;-_ "[rnd(11)]).collect();
+                // Another user: a new entity value, of any bytes or of
+                // those a value may hold.
+                k @ (0 | 1) => {
+                    let chars: &[u8] = if k == 0 { alphabet } else { b"az09@.:;-_ " };
+                    let v: Vec<u8> = (0..rnd(40)).map(|_| chars[rnd(chars.len())]).collect();
                     if let Some(at) = src.find("entity=").map(|i| i + 8) {
                         let end = at + src[at..].find(['"', '\'']).unwrap_or(0);
                         m.splice(at..end, v);

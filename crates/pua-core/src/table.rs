@@ -366,13 +366,7 @@ impl Node {
             let after = off + cur;
             ptr::copy(d.add(after), d.add(off + v.len()), data_len - after);
             ptr::copy_nonoverlapping(v.as_ptr(), d.add(off), v.len());
-            let (mut lp, mut l) = (t.add(vpos), v.len());
-            for k in 0..width {
-                let b = (l & 0x7f) as u8;
-                l >>= 7;
-                *lp = if k + 1 < width { b | 0x80 } else { b };
-                lp = lp.add(1);
-            }
+            write_varint(t.add(vpos), v.len());
         }
         self.room = room;
         true
@@ -763,6 +757,23 @@ fn layout(vals: &[Option<&[u8]>; NFIELDS]) -> (usize, usize, u16) {
     (lens_len, data_len, present)
 }
 
+/// Writes `l` as a LEB128 varint ([`varint_len`] bytes) at `p`; returns
+/// the byte after it.
+///
+/// # Safety
+/// `p` has room for `varint_len(l)` bytes.
+unsafe fn write_varint(mut p: *mut u8, mut l: usize) -> *mut u8 {
+    loop {
+        let b = (l & 0x7f) as u8;
+        l >>= 7;
+        *p = if l > 0 { b | 0x80 } else { b };
+        p = p.add(1);
+        if l == 0 {
+            return p;
+        }
+    }
+}
+
 /// Writes the varints and the strings of `vals` at `tail`.
 ///
 /// # Safety
@@ -773,16 +784,7 @@ unsafe fn write_tail(tail: *mut u8, lens_len: usize, vals: &[Option<&[u8]>; NFIE
     let mut dp = lp.add(lens_len);
     for v in vals.iter() {
         let v = v.unwrap_or(&[]);
-        let mut l = v.len();
-        loop {
-            let b = (l & 0x7f) as u8;
-            l >>= 7;
-            *lp = if l > 0 { b | 0x80 } else { b };
-            lp = lp.add(1);
-            if l == 0 {
-                break;
-            }
-        }
+        lp = write_varint(lp, v.len());
         ptr::copy_nonoverlapping(v.as_ptr(), dp, v.len());
         dp = dp.add(v.len());
     }
