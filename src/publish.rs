@@ -262,6 +262,13 @@ unsafe extern "C" fn publ_cback(_t: *mut cell, _type: c_int, ps: *mut tmcb_param
         let Some(req) = (unsafe { Rec::from_void(req) }) else {
             return;
         };
+        let engine = state().and_then(|s| s.engine.as_ref());
+        if let Some(e) = engine {
+            // The record's chain is on its way while the reply is read.
+            // SAFETY: the request block is ours until on_reply frees it.
+            let t = &e.table;
+            t.prefetch(t.bucket_of(unsafe { req.node() }.pres_uri(), None));
+        }
         let info = if sipmsg::is_real(msg) {
             // Whether consumer callbacks will see the reply (as the engine
             // decides in on_reply): they may read headers Kamailio parsed.
@@ -274,7 +281,7 @@ unsafe extern "C" fn publ_cback(_t: *mut cell, _type: c_int, ps: *mut tmcb_param
         } else {
             None
         };
-        let Some(engine) = state().and_then(|s| s.engine.as_ref()) else {
+        let Some(engine) = engine else {
             lm_err!("PUBLISH reply before the module was initialised");
             return;
         };
@@ -304,6 +311,9 @@ pub unsafe fn send_publish(publ: &publ_info_t) -> c_int {
         lm_err!("send_publish: no presentity URI");
         return -1;
     }
+    // The chain's cache line is on its way while the intent is copied.
+    let table = &engine.table;
+    table.prefetch(table.bucket_of(str_ptr_bytes(publ.pres_uri), None));
     let t = now();
     let cfg = &engine.cfg;
     let asked =

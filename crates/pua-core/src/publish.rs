@@ -164,11 +164,11 @@ pub fn parse_delta_seconds(v: &[u8]) -> Option<u32> {
     if !(rest.is_empty() || rest.starts_with(b"(") || rest.starts_with(b";")) {
         return None;
     }
-    std::str::from_utf8(digits)
-        .ok()?
-        .parse::<u64>()
-        .ok()
-        .map(|n| n.min(u32::MAX as u64) as u32)
+    // At most 10 digits: no overflow in u64.
+    let n = digits
+        .iter()
+        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    Some(n.min(u32::MAX as u64) as u32)
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -458,6 +458,9 @@ mod tests {
         assert_eq!(parse_delta_seconds(b"120 (maintenance)"), Some(120));
         assert_eq!(parse_delta_seconds(b"30;duration=60"), Some(30));
         assert_eq!(parse_delta_seconds(b"99999999999"), None);
+        assert_eq!(parse_delta_seconds(b"9999999999"), Some(u32::MAX));
+        assert_eq!(parse_delta_seconds(b"4294967295"), Some(u32::MAX));
+        assert_eq!(parse_delta_seconds(b"0012"), Some(12));
     }
 
     fn reply(code: u32) -> ReplyInfo<'static> {
