@@ -7,7 +7,7 @@ use crate::kam::mem;
 use crate::kam::sipmsg::{self, FAKED_REPLY};
 use crate::kam::tm::{self, OutOfDialog};
 use crate::module::state;
-use pua_core::engine::{Host, Msg, SendError};
+use pua_core::engine::{Host, Msg, Param, SendError};
 use pua_core::events::{Event, Processor};
 use pua_core::guard::ffi;
 use pua_core::shm::{borrowed_str, str_ptr_bytes};
@@ -35,16 +35,16 @@ impl Host for KamHost {
 
     fn send(
         &self,
-        req: Rec,
+        param: Param,
+        uri: &[u8],
         headers: &[u8],
         body: Option<&[u8]>,
         next_hop: Option<&[u8]>,
     ) -> Result<(), SendError> {
         let st = state().ok_or(SendError)?;
-        // SAFETY: a request block we own until tm hands it back, which is
-        // never before tm has copied the URI (as the body, also borrowed
-        // from the block): it builds the request before it sends it.
-        let uri = unsafe { req.node() }.pres_uri();
+        // The URI and body may be borrowed from the request block: tm has
+        // copied them (it builds the request before it sends it) before
+        // it hands the block back.
         let r = OutOfDialog {
             method: b"PUBLISH",
             uri,
@@ -52,7 +52,7 @@ impl Host for KamHost {
             body,
             next_hop,
         };
-        if tm::t_request(&st.tm.0, &r, Some(publ_cback), req.as_ptr() as *mut c_void) {
+        if tm::t_request(&st.tm.0, &r, Some(publ_cback), param.to_void()) {
             Ok(())
         } else {
             Err(SendError)
@@ -258,24 +258,33 @@ unsafe extern "C" fn publ_cback(_t: *mut cell, _type: c_int, ps: *mut tmcb_param
             *ps.param = ptr::null_mut();
             (req, ps.rpl, ps.code)
         };
-        // SAFETY: the parameter is a request block made by the engine.
-        let Some(req) = (unsafe { Rec::from_void(req) }) else {
+        // SAFETY: the parameter is one the engine made (Param::to_void).
+        let Some(param) = (unsafe { Param::from_void(req) }) else {
             return;
         };
         let engine = state().and_then(|s| s.engine.as_ref());
         if let Some(e) = engine {
             // The record's chain is on its way while the reply is read.
-            // SAFETY: the request block is ours until on_reply frees it.
-            let t = &e.table;
-            t.prefetch(t.bucket_of(unsafe { req.node() }.pres_uri(), None));
+            let chain = match param {
+                // SAFETY: the request block is ours until on_reply frees it.
+                Param::Block(req) => e.table.bucket_of(unsafe { req.node() }.pres_uri(), None),
+                Param::Ticket(v) => Param::ticket_parts(v).0,
+            };
+            e.table.prefetch(chain);
         }
         let info = if sipmsg::is_real(msg) {
             // Whether consumer callbacks will see the reply (as the engine
             // decides in on_reply): they may read headers Kamailio parsed.
-            // SAFETY: the request block is ours until on_reply frees it.
-            let n = unsafe { req.node() };
-            let for_consumers =
-                n.ua_flag == pua_core::flags::REQ_OTHER && callbacks::any_for(n.flag);
+            // A ticket went out because no callback was registered for
+            // the publication's flag.
+            let for_consumers = match param {
+                Param::Block(req) => {
+                    // SAFETY: the request block is ours until on_reply frees it.
+                    let n = unsafe { req.node() };
+                    n.ua_flag == pua_core::flags::REQ_OTHER && callbacks::any_for(n.flag)
+                }
+                Param::Ticket(_) => false,
+            };
             // SAFETY: a real reply owned by tm during the callback.
             Some(unsafe { sipmsg::reply_info_for(msg, code, for_consumers) })
         } else {
@@ -287,7 +296,7 @@ unsafe extern "C" fn publ_cback(_t: *mut cell, _type: c_int, ps: *mut tmcb_param
         };
         engine.on_reply(
             &KamHost,
-            req,
+            param,
             info.as_ref(),
             Msg(if msg.is_null() { FAKED_REPLY } else { msg }),
         );

@@ -39,8 +39,9 @@ Cases
                      pua.stats counts the record; another pua.publish is
                      served.  C: the publication is dropped, never re-sent.
   usrloc_retries     a pua_usrloc publication (REGISTER; no consumer
-                     callback, so its request block holds no copy of the
-                     body and each retry takes it from the record): 423
+                     callback, so its first PUBLISH goes out without a
+                     request block, tm carrying a ticket, and each retry
+                     takes the body from the record): 423
                      (Min-Expires 1800), then 503 (Retry-After 1), then no
                      answer (fr_timer 2 s, update_period 10), then 200: four
                      PUBLISHes, none with SIP-If-Match, each with the first

@@ -20,8 +20,8 @@ use crate::flags::*;
 use crate::publish::{self, classify, Kind, Outcome, ReplyInfo};
 use crate::sys::sip_msg;
 use crate::table::{
-    ext_of, free_record, BucketRef, Node, Rec, RecordData, Table, EXT_BODY_OUTSIDE,
-    EXT_BODY_PACKED, EXT_HAD_423, EXT_RETRY_TIMEOUT, EXT_TIMEOUT_LOGGED,
+    ext_of, free_record, BucketRef, Node, Rec, RecordData, Table, EXT_BODY_PACKED, EXT_HAD_423,
+    EXT_RETRY_TIMEOUT, EXT_TICKET, EXT_TIMEOUT_LOGGED,
 };
 use crate::{lm_dbg, lm_err, lm_info, lm_warn};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,15 +38,70 @@ pub struct Msg(pub *mut sip_msg);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendError;
 
+/// What tm carries from a PUBLISH to its reply (the callback parameter).
+///
+/// Most requests are a block in shm (`Block`) that the reply takes back. A
+/// new publication that no consumer callback will be told about (and not
+/// in db_mode 2) goes out with a `Ticket` instead: its chain and a number
+/// unique in the chain, kept on the record ([`EXT_TICKET`]), so that the
+/// PUBLISH that creates a record allocates only the record. A reply that
+/// needs more than storing the etag (a retry, a failure) gets the block
+/// made from the record then ([`Engine::on_reply`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Param {
+    Block(Rec),
+    /// `ticket << 17 | chain << 1 | 1`: odd, where a block's address is
+    /// even, and never null.
+    Ticket(usize),
+}
+
+impl Param {
+    /// The ticket of `ticket` in `chain`; `None` where a pointer cannot
+    /// hold one (32-bit) or the chain index does not fit 16 bits.
+    pub fn ticket(chain: usize, ticket: u32) -> Option<Param> {
+        if usize::BITS < 64 || chain >= 1 << 16 {
+            return None;
+        }
+        Some(Param::Ticket(((ticket as usize) << 17) | (chain << 1) | 1))
+    }
+
+    /// A ticket's (chain, number).
+    pub fn ticket_parts(v: usize) -> (usize, u32) {
+        ((v >> 1) & 0xffff, (v >> 17) as u32)
+    }
+
+    /// The value handed to tm.
+    pub fn to_void(self) -> *mut std::ffi::c_void {
+        match self {
+            Param::Block(r) => r.as_ptr().cast(),
+            Param::Ticket(v) => v as *mut std::ffi::c_void,
+        }
+    }
+
+    /// What tm handed back (`None` for null).
+    ///
+    /// # Safety
+    /// `p` must be null or a value [`Param::to_void`] made.
+    pub unsafe fn from_void(p: *mut std::ffi::c_void) -> Option<Param> {
+        if p as usize & 1 == 1 {
+            return Some(Param::Ticket(p as usize));
+        }
+        Rec::from_void(p).map(Param::Block)
+    }
+}
+
 /// What the engine needs from its host.
 pub trait Host {
     fn now(&self) -> u32;
-    /// Sends request block `req` (its body, if any, is the processed body).
-    /// On `Ok` the host owns `req` until it hands it back to
-    /// [`Engine::on_reply`]; on `Err` the engine still owns it.
+    /// Sends a PUBLISH to `uri` whose reply is to come back with `param`
+    /// (the body, if any, is the processed body). On `Ok` the host owns a
+    /// `Param::Block` until it hands it back to [`Engine::on_reply`] (the
+    /// block may hold `uri` and `body`: the host is done with them before
+    /// the reply); on `Err` the engine still owns it.
     fn send(
         &self,
-        req: Rec,
+        param: Param,
+        uri: &[u8],
         headers: &[u8],
         body: Option<&[u8]>,
         next_hop: Option<&[u8]>,
@@ -245,9 +300,9 @@ impl Engine {
                 return -1;
             };
             match self.decide(host, ev, intent, ticket) {
-                // A new publication's body may be left out of its request
-                // block (EXT_BODY_OUTSIDE): it is the intent's.
-                Ok(Some(req)) => self.send_req_with(host, req, intent.body.as_deref(), Some(ev)),
+                Ok(Some(Param::Block(req))) => self.send_req_with(host, req, Some(ev)),
+                // A new publication sent from the intent (the record has it).
+                Ok(Some(p @ Param::Ticket(_))) => self.send_ticketed(host, intent, p, ev),
                 Ok(None) => 0,
                 Err(code) => code,
             }
@@ -264,9 +319,10 @@ impl Engine {
         ev: Event,
         intent: &mut RecordData,
         ticket: Option<u32>,
-    ) -> Result<Option<Rec>, i32> {
+    ) -> Result<Option<Param>, i32> {
         let now = host.now();
-        let mut b = self.bucket(&intent.pres_uri);
+        let chain = self.table.bucket_of(&intent.pres_uri, None);
+        let mut b = self.table.lock(chain);
         if !Self::still_valid(&b, ticket) {
             return Err(STALE);
         }
@@ -322,15 +378,36 @@ impl Engine {
                 d.ext.state = 1;
                 d.ext.gen = 1;
                 d.ext.sent_at = now;
+                // Unless consumer callbacks will read the request (they
+                // get it as C's ua_pres_t) or the record lives in the
+                // database, the request has no block: tm carries a ticket
+                // and the PUBLISH is built from the intent.
+                let ticketed = (!self.cfg.db_only && !host.has_callbacks(d.flag))
+                    .then(|| {
+                        let t = b.next_ticket();
+                        Param::ticket(chain, t).map(|p| (t, p))
+                    })
+                    .flatten();
+                if let Some((t, _)) = ticketed {
+                    d.ext.flags = EXT_TICKET;
+                    d.ext.kind = t;
+                    d.ext.asked = asked;
+                }
                 let (ua_flag, cb_param) = (d.ua_flag, d.cb_param);
                 let room = self
                     .shared
                     .etag_hint
                     .load(Ordering::Relaxed)
                     .min(MAX_ETAG_HINT);
-                let Some(r) = record_block(d, room as usize) else {
+                let r = record_block(d, room as usize);
+                d.ext.asked = asked;
+                let Some(r) = r else {
                     return Err(out_of_shm(&d.pres_uri));
                 };
+                if let Some((_, p)) = ticketed {
+                    b.push(r);
+                    return Ok(Some(p));
+                }
                 let req = d;
                 req.ua_flag = ua_flag;
                 req.cb_param = cb_param;
@@ -338,29 +415,13 @@ impl Engine {
                 req.ext.kind = Kind::Initial as u32;
                 req.ext.asked = asked;
                 req.ext.gen = 1;
-                // Unless consumer callbacks will read the request (they get
-                // its body, as C's) or the record lives in the database,
-                // tm takes the body from the intent (still the processed
-                // body) instead of a second copy in shm: a retry rebuilds
-                // the block from the record (`with_body_for_retry`).
-                let outside = !self.cfg.db_only && !host.has_callbacks(req.flag);
-                let body = if outside {
-                    req.ext.flags |= EXT_BODY_OUTSIDE;
-                    req.body.take()
-                } else {
-                    None
-                };
-                let q = req.to_shm();
-                if outside {
-                    req.body = body;
-                }
-                let Some(q) = q else {
+                let Some(q) = req.to_shm() else {
                     // SAFETY: never linked; ours.
                     unsafe { free_record(r) };
                     return Err(out_of_shm(&req.pres_uri));
                 };
                 b.push(r);
-                Ok(Some(q))
+                Ok(Some(Param::Block(q)))
             }
             Some(r) => {
                 let kind = if intent.ext.asked == 0 {
@@ -405,7 +466,7 @@ impl Engine {
                         gen,
                         ..Default::default()
                     };
-                    return Ok(Some(req));
+                    return Ok(Some(Param::Block(req)));
                 }
                 let mut d = RecordData::from_rec(r);
                 if let (Kind::Modify, Some(body)) = (kind, intent.body.as_deref()) {
@@ -461,7 +522,7 @@ impl Engine {
                 };
                 // The record changes only once its request exists.
                 b.replace(r, nr);
-                Ok(Some(q))
+                Ok(Some(Param::Block(q)))
             }
         }
     }
@@ -469,19 +530,12 @@ impl Engine {
     /// Sends a request block (no lock held). On failure the record goes
     /// back to idle (an initial one is dropped) and the block is freed.
     fn send_req(&self, host: &dyn Host, req: Rec) -> i32 {
-        self.send_req_with(host, req, None, None)
+        self.send_req_with(host, req, None)
     }
 
-    /// [`Engine::send_req`]; `outside`: the body of a block made with
-    /// [`EXT_BODY_OUTSIDE`] (the caller's copy); `ev`: its event, if the
-    /// caller has looked it up already.
-    fn send_req_with(
-        &self,
-        host: &dyn Host,
-        req: Rec,
-        outside: Option<&[u8]>,
-        ev: Option<Event>,
-    ) -> i32 {
+    /// [`Engine::send_req`]; `ev`: its event, if the caller has looked it
+    /// up already.
+    fn send_req_with(&self, host: &dyn Host, req: Rec, ev: Option<Event>) -> i32 {
         if ext_of(req).kind >= crate::subscribe::SUB_INITIAL {
             return self.send_sub_req(host, req);
         }
@@ -496,42 +550,16 @@ impl Engine {
             self.abandon(host, req, &d);
             return -1;
         };
-        let body = if e.flags & EXT_BODY_OUTSIDE == 0 {
-            n.body()
-        } else {
-            let Some(b) = outside else {
-                lm_err!("a PUBLISH lost its body; not sending it");
-                let d = RecordData::from_rec(req);
-                self.abandon(host, req, &d);
-                return -1;
-            };
-            Some(b)
+        let out = Outgoing {
+            uri: n.pres_uri(),
+            asked,
+            etag: (kind != Kind::Initial).then_some(n.etag()),
+            content_type: n.s(crate::table::F::ContentType),
+            extra_headers: n.opt(crate::table::F::ExtraHeaders),
+            outbound_proxy: n.opt(crate::table::F::OutboundProxy),
+            body: n.body(),
         };
-        let ct = body.map(|_| {
-            let c = n.s(crate::table::F::ContentType);
-            if c.is_empty() {
-                ev.content_type()
-            } else {
-                c
-            }
-        });
-        let etag = (kind != Kind::Initial).then_some(n.etag());
-        let next_hop = n
-            .opt(crate::table::F::OutboundProxy)
-            .or(self.cfg.outbound_proxy.as_deref());
-        static HEADERS: crate::scratch::Slot<Vec<u8>> = crate::scratch::Slot::new();
-        let sent = crate::scratch::with_scratch(&HEADERS, |headers| {
-            publish::build_headers_into(
-                headers,
-                ev.name_bytes(),
-                asked,
-                etag,
-                ct,
-                n.opt(crate::table::F::ExtraHeaders),
-            );
-            host.send(req, headers, body, next_hop)
-        });
-        match sent {
+        match self.send_publish_request(host, Param::Block(req), ev, &out) {
             Ok(()) => 0,
             Err(SendError) => {
                 let d = RecordData::from_rec(req);
@@ -543,6 +571,75 @@ impl Engine {
                 -1
             }
         }
+    }
+
+    /// A new publication's first PUBLISH with a ticket, built from the
+    /// intent (the record made from it is in its chain). When tm refuses
+    /// it the record is dropped, as a block's would be.
+    fn send_ticketed(&self, host: &dyn Host, d: &RecordData, p: Param, ev: Event) -> i32 {
+        let out = Outgoing {
+            uri: &d.pres_uri,
+            asked: d.ext.asked,
+            etag: None,
+            content_type: &d.content_type,
+            extra_headers: d.extra_headers.as_deref(),
+            outbound_proxy: d.outbound_proxy.as_deref(),
+            body: d.body.as_deref(),
+        };
+        if self.send_publish_request(host, p, ev, &out).is_ok() {
+            return 0;
+        }
+        lm_err!(
+            "cannot send PUBLISH for {}",
+            String::from_utf8_lossy(&d.pres_uri)
+        );
+        let pending = match p {
+            Param::Ticket(v) => {
+                let (chain, ticket) = Param::ticket_parts(v);
+                let mut b = self.table.lock(chain);
+                match b.find(|n| holds_ticket(n, ticket)) {
+                    Some(r) => {
+                        let pending = take_pending(ext_of(r));
+                        self.drop_record(&mut b, r);
+                        pending
+                    }
+                    None => Vec::new(),
+                }
+            }
+            Param::Block(_) => Vec::new(),
+        };
+        self.resubmit(host, pending);
+        -1
+    }
+
+    /// Builds a PUBLISH's headers and hands it to the host.
+    fn send_publish_request(
+        &self,
+        host: &dyn Host,
+        p: Param,
+        ev: Event,
+        out: &Outgoing<'_>,
+    ) -> Result<(), SendError> {
+        let ct = out.body.map(|_| {
+            if out.content_type.is_empty() {
+                ev.content_type()
+            } else {
+                out.content_type
+            }
+        });
+        let next_hop = out.outbound_proxy.or(self.cfg.outbound_proxy.as_deref());
+        static HEADERS: crate::scratch::Slot<Vec<u8>> = crate::scratch::Slot::new();
+        crate::scratch::with_scratch(&HEADERS, |headers| {
+            publish::build_headers_into(
+                headers,
+                ev.name_bytes(),
+                out.asked,
+                out.etag,
+                ct,
+                out.extra_headers,
+            );
+            host.send(p, out.uri, headers, out.body, next_hop)
+        })
     }
 
     /// A request that could not be sent: release its record.
@@ -571,13 +668,105 @@ impl Engine {
     }
 
     /// The reply to request `req` (`reply` None: tm's FAKED_REPLY).
-    pub fn on_reply(&self, host: &dyn Host, req: Rec, reply: Option<&ReplyInfo>, msg: Msg) {
+    pub fn on_reply(&self, host: &dyn Host, p: Param, reply: Option<&ReplyInfo>, msg: Msg) {
+        match p {
+            Param::Block(req) => self.on_block_reply(host, req, reply, msg),
+            Param::Ticket(v) => self.on_ticket_reply(host, v, reply, msg),
+        }
+    }
+
+    /// The reply to a new publication's PUBLISH sent with a ticket. A 2xx
+    /// to store is handled here, under the chain's lock; anything else
+    /// (or a consumer callback registered since) goes on with the request
+    /// block the PUBLISH would have had, made from the record.
+    fn on_ticket_reply(&self, host: &dyn Host, v: usize, reply: Option<&ReplyInfo>, msg: Msg) {
         let now = host.now();
-        // A block whose body went to tm from elsewhere, kept for a retry,
-        // is replaced by one with the body; the old one is freed at the end
-        // (`q` and `pres_uri` borrow from it).
-        let sent_req = req;
-        let mut req = req;
+        let (chain, ticket) = Param::ticket_parts(v);
+        if chain >= self.table.buckets() {
+            lm_err!(
+                "PUBLISH reply with a ticket for chain {}: no such chain",
+                chain
+            );
+            return;
+        }
+        let mut pending = Vec::new();
+        let mut block = None;
+        {
+            let mut b = self.table.lock(chain);
+            let Some(r) = b.find(|n| holds_ticket(n, ticket)) else {
+                lm_dbg!("reply for a publication that is gone");
+                return;
+            };
+            let flag = b.get(r).flag;
+            let e = ext_of(r);
+            let asked = e.asked;
+            e.flags &= !EXT_TICKET;
+            e.kind = 0;
+            e.asked = 0;
+            match classify(reply, Kind::Initial, 0, false) {
+                Outcome::Stored { etag, expires } if !host.has_callbacks(flag) => {
+                    pending = self.store(&mut b, r, etag, expires, now);
+                }
+                _ => match initial_block_of(r, asked) {
+                    Some(q) => block = Some(q),
+                    None => {
+                        lm_err!("out of shm handling a PUBLISH reply; dropping the publication");
+                        pending = take_pending(ext_of(r));
+                        self.drop_record(&mut b, r);
+                    }
+                },
+            }
+        }
+        if let Some(q) = block {
+            return self.on_block_reply(host, q, reply, msg);
+        }
+        self.resubmit(host, pending);
+        self.settle(host, Some(&[chain]));
+    }
+
+    /// A usable 2xx for record `r`: its etag and expiry stored (in place
+    /// when the etag fits); returns the requests queued behind it.
+    fn store(
+        &self,
+        b: &mut BucketRef<'_>,
+        r: Rec,
+        etag: &[u8],
+        expires: u32,
+        now: u32,
+    ) -> Vec<Rec> {
+        let len = u32::try_from(etag.len()).unwrap_or(u32::MAX);
+        if self.shared.etag_hint.load(Ordering::Relaxed) != len {
+            self.shared.etag_hint.store(len, Ordering::Relaxed);
+        }
+        if b.get_mut(r).set_in_place(crate::table::F::Etag, etag) {
+            // The usual refresh: the same etag length (or a shorter
+            // one), changed in place.
+            let n = b.get_mut(r);
+            mark_stored(n, now.saturating_add(expires));
+            return take_pending(n.ext_mut());
+        }
+        // Another etag length: a new block, the other strings copied over
+        // (the queue stays with the old one).
+        let pending = take_pending(ext_of(r));
+        match b.get(r).rebuild(&[(crate::table::F::Etag, Some(etag))]) {
+            Some(nr) => {
+                // SAFETY: the fresh block is ours until linked.
+                let n = unsafe { &mut *nr.as_ptr() };
+                mark_stored(n, now.saturating_add(expires));
+                n.ext_mut().pending = std::ptr::null_mut();
+                b.replace(r, nr);
+            }
+            None => {
+                lm_err!("out of shm updating a publication; dropping it");
+                self.drop_record(b, r);
+            }
+        }
+        pending
+    }
+
+    /// The reply to request block `req`.
+    fn on_block_reply(&self, host: &dyn Host, req: Rec, reply: Option<&ReplyInfo>, msg: Msg) {
+        let now = host.now();
         // The scalars; the whole request only for callbacks.
         let rd = RecordData::scalars_of(req);
         // SAFETY: tm handed the block back: ours until it is freed or
@@ -587,7 +776,7 @@ impl Engine {
         let pres_uri = q.pres_uri();
         let bucket = self.table.bucket_of(pres_uri, None);
         let kind = Kind::from_u32(rd.ext.kind).unwrap_or(Kind::Refresh);
-        let mut outcome = classify(reply, kind, rd.ext.retries, rd.ext.flags & EXT_HAD_423 != 0);
+        let outcome = classify(reply, kind, rd.ext.retries, rd.ext.flags & EXT_HAD_423 != 0);
         let mut final_reply = true;
         let mut cb_msg = msg;
         let mut keep_req = false;
@@ -599,54 +788,9 @@ impl Engine {
             let rec = b
                 .find(|p| same_publication_as(p, q))
                 .filter(|&r| ext_of(r).gen == rd.ext.gen);
-            let retried = matches!(
-                outcome,
-                Outcome::LocalTimeout | Outcome::RetryWithExpires(_) | Outcome::RetryAfter(_)
-            );
-            if let (true, Some(r)) = (retried && rd.ext.flags & EXT_BODY_OUTSIDE != 0, rec) {
-                match with_body_for_retry(b.get(r), ext_of(r).flags, req) {
-                    Some(full) => req = full,
-                    None => {
-                        outcome = Outcome::Failed {
-                            reason: "no body to send it again with (out of shared memory?)"
-                                .to_string(),
-                        }
-                    }
-                }
-            }
-            if let Outcome::Stored { etag, .. } = &outcome {
-                let len = u32::try_from(etag.len()).unwrap_or(u32::MAX);
-                if self.shared.etag_hint.load(Ordering::Relaxed) != len {
-                    self.shared.etag_hint.store(len, Ordering::Relaxed);
-                }
-            }
             match (&outcome, rec) {
-                (Outcome::Stored { etag, expires }, Some(r))
-                    if b.get_mut(r).set_in_place(crate::table::F::Etag, etag) =>
-                {
-                    // The usual refresh: the same etag length (or a
-                    // shorter one), changed in place.
-                    let n = b.get_mut(r);
-                    mark_stored(n, now.saturating_add(*expires));
-                    pending = take_pending(n.ext_mut());
-                }
                 (Outcome::Stored { etag, expires }, Some(r)) => {
-                    // Another etag length: a new block, the other strings
-                    // copied over (the queue stays with the old one).
-                    pending = take_pending(ext_of(r));
-                    match b.get(r).rebuild(&[(crate::table::F::Etag, Some(etag))]) {
-                        Some(nr) => {
-                            // SAFETY: the fresh block is ours until linked.
-                            let n = unsafe { &mut *nr.as_ptr() };
-                            mark_stored(n, now.saturating_add(*expires));
-                            n.ext_mut().pending = std::ptr::null_mut();
-                            b.replace(r, nr);
-                        }
-                        None => {
-                            lm_err!("out of shm updating a publication; dropping it");
-                            self.drop_record(&mut b, r);
-                        }
-                    }
+                    pending = self.store(&mut b, r, etag, *expires, now);
                 }
                 (Outcome::Removed, Some(r)) => {
                     pending = take_pending(ext_of(r));
@@ -711,8 +855,7 @@ impl Engine {
                     };
                     d.ext.gen = e.gen;
                     d.ext.retries = rd.ext.retries + 1;
-                    // The body comes with the block (from the record).
-                    d.ext.flags = rd.ext.flags & !EXT_BODY_OUTSIDE;
+                    d.ext.flags = rd.ext.flags;
                     match d.to_shm() {
                         Some(n) => {
                             // The record has no valid etag any more.
@@ -794,10 +937,6 @@ impl Engine {
         if !keep_req {
             // SAFETY: tm handed the block back; nobody else refers to it.
             unsafe { free_record(req) };
-        }
-        if req != sent_req {
-            // SAFETY: replaced by `req` above; nothing refers to it any more.
-            unsafe { free_record(sent_req) };
         }
         if let Some(n) = next {
             self.send_req(host, n);
@@ -1065,19 +1204,42 @@ fn record_block(d: &mut RecordData, room: usize) -> Option<Rec> {
     d.to_shm_with_room(room)
 }
 
-/// A copy of request `req` (made with [`EXT_BODY_OUTSIDE`]) with the body
-/// of its record `rec` (whose `Ext::flags` are `rec_flags`), for a retry;
-/// `None` when the record has no body or shm is short.
-fn with_body_for_retry(rec: &Node, rec_flags: u32, req: Rec) -> Option<Rec> {
-    let body = rec.body()?;
-    let mut d = RecordData::from_rec(req);
-    d.body = Some(if rec_flags & EXT_BODY_PACKED != 0 {
-        crate::pack::unpack(body)
-    } else {
-        body.to_vec()
-    });
-    d.ext.flags &= !EXT_BODY_OUTSIDE;
+/// Record `n` holds the ticket `ticket` of its request in flight.
+fn holds_ticket(n: &Node, ticket: u32) -> bool {
+    let e = n.ext();
+    e.flags & EXT_TICKET != 0 && e.kind == ticket && e.gen == 1
+}
+
+/// The request block a new publication's first PUBLISH would have had
+/// (sent with a ticket; the record is `r`, its request asked `asked`):
+/// the record's strings with its body unpacked, for a retry, the
+/// consumer callbacks or the failure handling of [`Engine::on_reply`].
+fn initial_block_of(r: Rec, asked: u32) -> Option<Rec> {
+    let mut d = RecordData::from_rec(r);
+    if d.ext.flags & EXT_BODY_PACKED != 0 {
+        d.body = d.body.as_deref().map(crate::pack::unpack);
+    }
+    d.etag.clear();
+    d.ext = crate::table::Ext {
+        kind: Kind::Initial as u32,
+        asked,
+        gen: d.ext.gen,
+        ..Default::default()
+    };
     d.to_shm()
+}
+
+/// What a PUBLISH is made of, borrowed from a request block or an intent.
+struct Outgoing<'a> {
+    uri: &'a [u8],
+    asked: u32,
+    /// `SIP-If-Match` (not on an initial PUBLISH).
+    etag: Option<&'a [u8]>,
+    /// Empty: the event's default (when there is a body).
+    content_type: &'a [u8],
+    extra_headers: Option<&'a [u8]>,
+    outbound_proxy: Option<&'a [u8]>,
+    body: Option<&'a [u8]>,
 }
 
 /// [`enqueue`] for the SUBSCRIBE side.
@@ -1143,8 +1305,8 @@ mod tests {
 
     /// (request, method, headers, dialog) of each in-dialog send.
     type SentOnDialog = (Rec, String, String, crate::subscribe::DialogSpec);
-    /// (request, headers, body, next hop) of each send.
-    type Sent = (Rec, String, Option<Vec<u8>>, Option<Vec<u8>>);
+    /// (what tm carries, headers, body, next hop) of each send.
+    type Sent = (Param, String, Option<Vec<u8>>, Option<Vec<u8>>);
 
     #[derive(Default)]
     struct FakeHost {
@@ -1155,6 +1317,8 @@ mod tests {
         fail_send: Cell<bool>,
         /// No consumer callback registered (pua_usrloc's case).
         no_callbacks: Cell<bool>,
+        /// The request URI of the last send.
+        last_uri: RefCell<Vec<u8>>,
         /// db_mode 2: the database (shared by the nodes of a test).
         store: Option<std::rc::Rc<RefCell<crate::testing::MemStore>>>,
         /// Run once at the next `now()`: what another process does there.
@@ -1173,7 +1337,8 @@ mod tests {
         }
         fn send(
             &self,
-            req: Rec,
+            param: Param,
+            uri: &[u8],
             headers: &[u8],
             body: Option<&[u8]>,
             hop: Option<&[u8]>,
@@ -1181,8 +1346,9 @@ mod tests {
             if self.fail_send.get() {
                 return Err(SendError);
             }
+            *self.last_uri.borrow_mut() = uri.to_vec();
             self.sent.borrow_mut().push((
-                req,
+                param,
                 String::from_utf8_lossy(headers).into_owned(),
                 body.map(<[u8]>::to_vec),
                 hop.map(<[u8]>::to_vec),
@@ -1305,7 +1471,7 @@ mod tests {
         }
     }
 
-    fn pop_sent(h: &FakeHost) -> (Rec, String, Option<Vec<u8>>) {
+    fn pop_sent(h: &FakeHost) -> (Param, String, Option<Vec<u8>>) {
         let (r, hd, b, _) = h.sent.borrow_mut().remove(0);
         (r, hd, b)
     }
@@ -1569,9 +1735,10 @@ mod tests {
         assert_eq!(body.as_deref(), Some(&b"<b/>;v1"[..]));
     }
 
-    /// Without consumer callbacks a new publication's request block holds no
-    /// body (tm gets the intent's); every retry of it carries the body
-    /// again, taken from the record (packed there).
+    /// Without consumer callbacks a new publication goes out without a
+    /// request block (a ticket; the body from the intent); every retry of
+    /// it carries the body again, in the block made from the record (where
+    /// it is packed).
     #[test]
     fn a_new_publication_sends_the_intents_body_and_retries_with_the_records() {
         let (e, h) = engine();
@@ -1580,23 +1747,32 @@ mod tests {
                     <basic>open</basic></status></tuple></presence>";
         let want = format!("{body};v0").into_bytes();
         e.send_publish(&h, intent(Some(body), 60, 0));
-        let (req, _, sent) = pop_sent(&h);
-        assert_eq!(sent.as_deref(), Some(&want[..]));
-        // SAFETY: the request block is alive until its reply.
-        assert!(unsafe { req.node() }.body().is_none(), "one copy in shm");
-        assert_ne!(
-            stored(&e)[0].ext.flags & EXT_BODY_PACKED,
-            0,
-            "the record keeps it packed"
+        let (req, hdr, sent) = pop_sent(&h);
+        assert!(matches!(req, Param::Ticket(_)), "no request block");
+        assert_eq!(h.last_uri.borrow().as_slice(), b"sip:alice@example.com");
+        assert!(
+            hdr.contains("Expires: 60\r\n") && !hdr.contains("SIP-If-Match"),
+            "{hdr}"
         );
+        assert_eq!(sent.as_deref(), Some(&want[..]));
+        let flags = stored(&e)[0].ext.flags;
+        assert_ne!(flags & EXT_BODY_PACKED, 0, "the record keeps it packed");
+        assert_ne!(flags & EXT_TICKET, 0);
         let r423 = ReplyInfo {
             code: 423,
             min_expires: Some(b"1800".to_vec().into()),
             ..Default::default()
         };
         e.on_reply(&h, req, Some(&r423), MSG);
+        assert_eq!(
+            stored(&e)[0].ext.flags & EXT_TICKET,
+            0,
+            "the ticket is spent"
+        );
         let (req, hdr, sent) = pop_sent(&h);
+        assert!(matches!(req, Param::Block(_)));
         assert!(hdr.contains("Expires: 1800\r\n"), "{hdr}");
+        assert!(!hdr.contains("SIP-If-Match"), "{hdr}");
         assert_eq!(sent.as_deref(), Some(&want[..]), "423 retry");
         let r503 = ReplyInfo {
             code: 503,
@@ -1617,6 +1793,113 @@ mod tests {
         e.on_reply(&h, req, Some(&ok("e1", 3600)), MSG);
         assert_eq!(stored(&e)[0].etag, b"e1");
         assert_eq!(e.shared.scheduled.load(Ordering::SeqCst), 0);
+        assert!(h.callbacks.borrow().is_empty());
+    }
+
+    /// A ticket's 2xx stores the etag on the record it was made for; what
+    /// was queued meanwhile goes out after it, with that etag.
+    #[test]
+    fn a_tickets_2xx_stores_the_etag_and_sends_the_queue() {
+        let (e, h) = engine();
+        h.no_callbacks.set(true);
+        e.send_publish(&h, intent(Some("<a/>"), 60, 0));
+        e.send_publish(&h, intent(Some("<b/>"), 60, 0));
+        let (t, _, _) = pop_sent(&h);
+        assert!(matches!(t, Param::Ticket(_)));
+        assert!(h.sent.borrow().is_empty(), "one request in flight");
+        e.on_reply(
+            &h,
+            t,
+            Some(&ok("a-much-longer-etag-than-the-room", 60)),
+            MSG,
+        );
+        let rec = &stored(&e)[0];
+        assert_eq!(rec.etag, b"a-much-longer-etag-than-the-room");
+        assert_eq!(rec.expires, 10_060);
+        assert_eq!(rec.ext.flags & EXT_TICKET, 0);
+        let (q, hdr, body) = pop_sent(&h);
+        assert!(matches!(q, Param::Block(_)));
+        assert!(
+            hdr.contains("SIP-If-Match: a-much-longer-etag-than-the-room\r\n"),
+            "{hdr}"
+        );
+        assert_eq!(body.as_deref(), Some(&b"<b/>;v1"[..]));
+        e.on_reply(&h, q, Some(&ok("b", 60)), MSG);
+        assert_eq!(stored(&e)[0].etag, b"b");
+        assert_eq!(stored(&e).len(), 1);
+    }
+
+    /// Without consumer callbacks: `<a/>` sent as a new publication
+    /// (consumer's `cb` param); its ticket.
+    fn ticket_out(cb: usize) -> (Engine, FakeHost, Param) {
+        let (e, h) = engine();
+        h.no_callbacks.set(true);
+        e.send_publish(&h, intent(Some("<a/>"), 60, cb));
+        let (t, _, _) = pop_sent(&h);
+        assert!(matches!(t, Param::Ticket(_)));
+        (e, h, t)
+    }
+
+    /// A ticket names one request: after its record is gone, a reply to it
+    /// never lands on the next new publication of the chain, even at the
+    /// same address.
+    #[test]
+    fn a_reply_to_a_spent_ticket_changes_nothing() {
+        let (e, h, old) = ticket_out(0);
+        let chain = e.table.bucket_of(b"sip:alice@example.com", None);
+        {
+            let mut b = e.table.lock(chain);
+            let r = b.iter().next().unwrap();
+            e.drop_record(&mut b, r);
+        }
+        e.send_publish(&h, intent(Some("<b/>"), 60, 0));
+        let (new, _, _) = pop_sent(&h);
+        assert_ne!(old, new);
+        e.on_reply(&h, old, Some(&ok("stale", 60)), MSG);
+        let rec = &stored(&e)[0];
+        assert!(
+            rec.etag.is_empty() && rec.ext.state == 1,
+            "still waiting for its own"
+        );
+        e.on_reply(&h, new, Some(&ok("e2", 60)), MSG);
+        assert_eq!(stored(&e)[0].etag, b"e2");
+        assert!(h.sent.borrow().is_empty());
+    }
+
+    /// tm refusing a ticketed PUBLISH drops the new record, as for a block.
+    #[test]
+    fn a_ticketed_publish_tm_refuses_leaves_no_record() {
+        let (e, h) = engine();
+        h.no_callbacks.set(true);
+        h.fail_send.set(true);
+        assert_eq!(e.send_publish(&h, intent(Some("<a/>"), 60, 0)), -1);
+        assert!(stored(&e).is_empty());
+    }
+
+    /// A consumer callback registered while a ticket is out still gets
+    /// the reply (through the block made from the record).
+    #[test]
+    fn a_callback_registered_meanwhile_sees_a_tickets_reply() {
+        let (e, h, t) = ticket_out(7);
+        h.no_callbacks.set(false);
+        e.on_reply(&h, t, Some(&ok("e1", 60)), MSG);
+        let cbs = h.callbacks.borrow().clone();
+        assert_eq!(cbs.len(), 1);
+        assert_eq!((cbs[0].0.cb_param, cbs[0].1), (7, MSG));
+        assert_eq!(cbs[0].0.body.as_deref(), Some(&b"<a/>;v0"[..]));
+        assert_eq!(stored(&e)[0].etag, b"e1");
+    }
+
+    #[test]
+    fn tickets_travel_through_tm_as_odd_values() {
+        let p = Param::ticket(0xffff, u32::MAX).unwrap();
+        // SAFETY: a value to_void made.
+        assert_eq!(unsafe { Param::from_void(p.to_void()) }, Some(p));
+        let Param::Ticket(v) = p else { panic!() };
+        assert_eq!(Param::ticket_parts(v), (0xffff, u32::MAX));
+        assert_eq!(Param::ticket(1 << 16, 1), None);
+        // SAFETY: null is allowed.
+        assert_eq!(unsafe { Param::from_void(std::ptr::null_mut()) }, None);
     }
 
     /// `<a/>` published (etag e1), then `<b/>` sent and answered by tm's

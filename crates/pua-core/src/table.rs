@@ -20,7 +20,7 @@ use crate::sys::{str_, ua_pres_t};
 use std::os::raw::c_void;
 use std::ptr::{self, NonNull};
 
-/// A chain: its lock and its head (and db_mode 2's bookkeeping), 24
+/// A chain: its lock and its head (and db_mode 2's bookkeeping), 32
 /// bytes, so taking the lock brings the head along (one cache miss, not
 /// two).
 #[repr(C)]
@@ -34,6 +34,8 @@ struct Chain {
     /// db_mode 2: records deleted whose rows are still to be deleted
     /// ([`BucketRef::bury`]), linked by `next`, newest first.
     tombs: *mut Node,
+    /// The last ticket handed out in this chain ([`BucketRef::next_ticket`]).
+    tickets: u32,
 }
 
 /// [`Chain::meta`]'s writer bit.
@@ -54,7 +56,7 @@ pub struct Table {
 /// publications makes chains of 20 records, and every lookup that misses
 /// walks one, a cache miss per record. More chains keep them short.
 const CHAINS_PER_BUCKET: usize = 16;
-/// The most chains we add beyond 2^hash_size (24 bytes each in shm).
+/// The most chains we add beyond 2^hash_size (32 bytes each in shm).
 const MAX_CHAINS: usize = 1 << 16;
 
 // SAFETY: the handle is only pointers into shm; all access is under bucket locks.
@@ -118,9 +120,10 @@ pub struct Ext {
     pub retries: u32,
     /// Record: when the scheduled retry (`retry_req`) is due (0: none).
     pub retry_at: u32,
-    /// Request: a `publish::Kind` (or a subscribe kind).
+    /// Request: a `publish::Kind` (or a subscribe kind). Record with
+    /// [`EXT_TICKET`]: the ticket of its request.
     pub kind: u32,
-    /// Request: the Expires asked.
+    /// Request: the Expires asked. Record with [`EXT_TICKET`]: the same.
     pub asked: u32,
     /// Bit flags (`EXT_*`).
     pub flags: u32,
@@ -158,10 +161,11 @@ pub const EXT_BODY_PACKED: u32 = 4;
 /// Request: parked for a retry after a local timeout (no reply at all), so
 /// newer state from a consumer supersedes it at once instead of waiting.
 pub const EXT_RETRY_TIMEOUT: u32 = 8;
-/// Request: its body is not in the block; it went to tm from the caller's
-/// copy (a new publication's processed body, whose packed copy is in the
-/// record). A retry of the request takes it from the record.
-pub const EXT_BODY_OUTSIDE: u32 = 16;
+/// Record: its request (a new publication's first PUBLISH) went out
+/// without a request block: tm holds a ticket (chain and number, see
+/// `engine::Param`) and the record keeps what the reply needs, the ticket
+/// in `Ext::kind` and the Expires asked in `Ext::asked`.
+pub const EXT_TICKET: u32 = 16;
 
 /// The string fields of a record, in the order they are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -422,6 +426,10 @@ impl Node {
     }
 
     /// The engine state (as [`ext_of`], through the node).
+    pub fn ext(&self) -> &Ext {
+        &self.ext
+    }
+
     pub fn ext_mut(&mut self) -> &mut Ext {
         &mut self.ext
     }
@@ -879,6 +887,8 @@ impl Table {
             meta: unsafe { ptr::addr_of_mut!((*c).meta) },
             // SAFETY: as above.
             tombs: unsafe { ptr::addr_of_mut!((*c).tombs) },
+            // SAFETY: as above.
+            tickets: unsafe { ptr::addr_of_mut!((*c).tickets) },
             _guard: guard,
         }
     }
@@ -940,6 +950,8 @@ pub struct BucketRef<'a> {
     meta: *mut u32,
     /// The chain's tomb list (in shm), guarded by `_guard`.
     tombs: *mut *mut Node,
+    /// The chain's ticket counter (in shm), guarded by `_guard`.
+    tickets: *mut u32,
     _guard: LockGuard<'a>,
 }
 
@@ -971,6 +983,18 @@ impl BucketRef<'_> {
     /// The first record matching `pred`.
     pub fn find(&self, pred: impl Fn(&Node) -> bool) -> Option<Rec> {
         self.iter().find(|&r| pred(self.get(r)))
+    }
+
+    /// A number no other record of this chain had for the last 2^32 - 1
+    /// tickets (never 0): what a request without a block is known by
+    /// ([`EXT_TICKET`]).
+    pub fn next_ticket(&mut self) -> u32 {
+        // SAFETY: bucket locked.
+        unsafe {
+            let t = (*self.tickets).wrapping_add(1).max(1);
+            *self.tickets = t;
+            t
+        }
     }
 
     /// Links a record (from [`RecordData::to_shm`]) at the head of the bucket.
