@@ -667,7 +667,8 @@ impl Engine {
         self.resubmit(host, pending);
     }
 
-    /// The reply to request `req` (`reply` None: tm's FAKED_REPLY).
+    /// The reply to the PUBLISH sent with `p` (`reply` None: tm's
+    /// FAKED_REPLY).
     pub fn on_reply(&self, host: &dyn Host, p: Param, reply: Option<&ReplyInfo>, msg: Msg) {
         match p {
             Param::Block(req) => self.on_block_reply(host, req, reply, msg),
