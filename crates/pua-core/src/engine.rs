@@ -302,7 +302,7 @@ impl Engine {
             match self.decide(host, ev, intent, ticket) {
                 Ok(Some(Param::Block(req))) => self.send_req_with(host, req, Some(ev)),
                 // A new publication sent from the intent (the record has it).
-                Ok(Some(p @ Param::Ticket(_))) => self.send_ticketed(host, intent, p, ev),
+                Ok(Some(Param::Ticket(v))) => self.send_ticketed(host, intent, v, ev),
                 Ok(None) => 0,
                 Err(code) => code,
             }
@@ -576,7 +576,7 @@ impl Engine {
     /// A new publication's first PUBLISH with a ticket, built from the
     /// intent (the record made from it is in its chain). When tm refuses
     /// it the record is dropped, as a block's would be.
-    fn send_ticketed(&self, host: &dyn Host, d: &RecordData, p: Param, ev: Event) -> i32 {
+    fn send_ticketed(&self, host: &dyn Host, d: &RecordData, v: usize, ev: Event) -> i32 {
         let out = Outgoing {
             uri: &d.pres_uri,
             asked: d.ext.asked,
@@ -586,27 +586,27 @@ impl Engine {
             outbound_proxy: d.outbound_proxy.as_deref(),
             body: d.body.as_deref(),
         };
-        if self.send_publish_request(host, p, ev, &out).is_ok() {
+        if self
+            .send_publish_request(host, Param::Ticket(v), ev, &out)
+            .is_ok()
+        {
             return 0;
         }
         lm_err!(
             "cannot send PUBLISH for {}",
             String::from_utf8_lossy(&d.pres_uri)
         );
-        let pending = match p {
-            Param::Ticket(v) => {
-                let (chain, ticket) = Param::ticket_parts(v);
-                let mut b = self.table.lock(chain);
-                match b.find(|n| holds_ticket(n, ticket)) {
-                    Some(r) => {
-                        let pending = take_pending(ext_of(r));
-                        self.drop_record(&mut b, r);
-                        pending
-                    }
-                    None => Vec::new(),
+        let (chain, ticket) = Param::ticket_parts(v);
+        let pending = {
+            let mut b = self.table.lock(chain);
+            match b.find(|n| holds_ticket(n, ticket)) {
+                Some(r) => {
+                    let pending = take_pending(ext_of(r));
+                    self.drop_record(&mut b, r);
+                    pending
                 }
+                None => Vec::new(),
             }
-            Param::Block(_) => Vec::new(),
         };
         self.resubmit(host, pending);
         -1

@@ -430,6 +430,7 @@ impl Node {
         &self.ext
     }
 
+    /// The engine state, to change (the bucket locked).
     pub fn ext_mut(&mut self) -> &mut Ext {
         &mut self.ext
     }
