@@ -299,7 +299,7 @@ impl Engine {
             let Ok(ticket) = self.preload_publication(host, intent) else {
                 return -1;
             };
-            match self.decide(host, ev, intent, ticket) {
+            match self.decide(host, ev, intent, bucket, ticket) {
                 Ok(Some(Param::Block(req))) => self.send_req_with(host, req, Some(ev)),
                 // A new publication sent from the intent (the record has it).
                 Ok(Some(Param::Ticket(v))) => self.send_ticketed(host, intent, v, ev),
@@ -312,16 +312,17 @@ impl Engine {
         code
     }
 
-    /// Decides under the bucket lock; returns the request to send, if any.
+    /// Decides under the lock of `chain` (the intent's); returns the
+    /// request to send, if any.
     fn decide(
         &self,
         host: &dyn Host,
         ev: Event,
         intent: &mut RecordData,
+        chain: usize,
         ticket: Option<u32>,
     ) -> Result<Option<Param>, i32> {
         let now = host.now();
-        let chain = self.table.bucket_of(&intent.pres_uri, None);
         let mut b = self.table.lock(chain);
         if !Self::still_valid(&b, ticket) {
             return Err(STALE);
@@ -839,9 +840,7 @@ impl Engine {
                     );
                     let mut d = RecordData::from_rec(r);
                     d.etag.clear();
-                    if d.ext.flags & EXT_BODY_PACKED != 0 {
-                        d.body = d.body.as_deref().map(crate::pack::unpack);
-                    }
+                    unpack_body(&mut d);
                     let e = ext_of(r);
                     e.gen = e.gen.wrapping_add(1);
                     e.sent_at = now;
@@ -1205,6 +1204,13 @@ fn record_block(d: &mut RecordData, room: usize) -> Option<Rec> {
     d.to_shm_with_room(room)
 }
 
+/// A record's body as it was published (the record keeps it packed).
+fn unpack_body(d: &mut RecordData) {
+    if d.ext.flags & EXT_BODY_PACKED != 0 {
+        d.body = d.body.as_deref().map(crate::pack::unpack);
+    }
+}
+
 /// Record `n` holds the ticket `ticket` of its request in flight.
 fn holds_ticket(n: &Node, ticket: u32) -> bool {
     let e = n.ext();
@@ -1217,9 +1223,7 @@ fn holds_ticket(n: &Node, ticket: u32) -> bool {
 /// consumer callbacks or the failure handling of [`Engine::on_reply`].
 fn initial_block_of(r: Rec, asked: u32) -> Option<Rec> {
     let mut d = RecordData::from_rec(r);
-    if d.ext.flags & EXT_BODY_PACKED != 0 {
-        d.body = d.body.as_deref().map(crate::pack::unpack);
-    }
+    unpack_body(&mut d);
     d.etag.clear();
     d.ext = crate::table::Ext {
         kind: Kind::Initial as u32,
